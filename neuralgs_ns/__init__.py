@@ -1,0 +1,3 @@
+"""NeuralGS for nerfstudio."""
+
+__version__ = "0.1.0"

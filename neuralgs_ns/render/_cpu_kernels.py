@@ -1,0 +1,286 @@
+"""Numba CPU kernels: tile binning, front-to-back alpha compositing and its analytic backward.
+
+These mirror gsplat 1.4.0's CUDA `isect_tiles` + `rasterize_to_pixels` (forward and backward):
+pixel centres at (x + 0.5, y + 0.5), alpha = min(0.999, opacity * exp(-sigma)), Gaussians with
+sigma < 0 or alpha < 1/255 skipped, a pixel stops once its transmittance would fall to 1e-4 or
+below (that Gaussian is not blended). Everything here works on numpy arrays; the torch glue is
+in `cpu.py`.
+
+Parallelism is over tiles (one tile per task). The backward writes one gradient row per
+tile-Gaussian intersection, so no two tasks touch the same memory; a separate pass sums the
+rows per Gaussian. That keeps the gradients deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+ALPHA_MIN = 1.0 / 255.0
+ALPHA_MAX = 0.999
+T_MIN = 1e-4
+
+# Columns of the per-intersection gradient rows written by the backward kernel.
+_G_MX, _G_MY, _G_CA, _G_CB, _G_CC, _G_OP, _G_AX, _G_AY = range(8)
+_N_FIXED_GRADS = 8  # colour gradients follow these columns
+
+
+@njit(cache=True)
+def bin_gaussians(order, means2d, radii, tile_size, tiles_x, tiles_y):
+    """Lists, per tile, the Gaussians whose screen box touches it, sorted front to back.
+
+    order: [C, N] Gaussian indices sorted by depth per camera. means2d [C, N, 2], radii [C, N].
+    Returns (offsets [C * tiles + 1], ids [n_isect]): tile k of camera c holds
+    ids[offsets[c * tiles + k] : offsets[c * tiles + k + 1]].
+    """
+    n_cams, n_gauss = radii.shape
+    n_tiles = tiles_x * tiles_y
+    counts = np.zeros(n_cams * n_tiles + 1, dtype=np.int64)
+    rects = np.zeros((n_cams, n_gauss, 4), dtype=np.int32)
+    for c in range(n_cams):
+        for g in range(n_gauss):
+            r = radii[c, g]
+            if r <= 0:
+                continue
+            tx = means2d[c, g, 0] / tile_size
+            ty = means2d[c, g, 1] / tile_size
+            tr = r / tile_size
+            x0 = min(max(int(math.floor(tx - tr)), 0), tiles_x)
+            y0 = min(max(int(math.floor(ty - tr)), 0), tiles_y)
+            x1 = min(max(int(math.ceil(tx + tr)), 0), tiles_x)
+            y1 = min(max(int(math.ceil(ty + tr)), 0), tiles_y)
+            rects[c, g, 0] = x0
+            rects[c, g, 1] = y0
+            rects[c, g, 2] = x1
+            rects[c, g, 3] = y1
+            for yy in range(y0, y1):
+                for xx in range(x0, x1):
+                    counts[c * n_tiles + yy * tiles_x + xx + 1] += 1
+    offsets = np.cumsum(counts)
+    cursor = offsets[:-1].copy()
+    ids = np.empty(offsets[-1], dtype=np.int32)
+    for c in range(n_cams):
+        for k in range(n_gauss):
+            g = order[c, k]
+            if radii[c, g] <= 0:
+                continue
+            for yy in range(rects[c, g, 1], rects[c, g, 3]):
+                for xx in range(rects[c, g, 0], rects[c, g, 2]):
+                    t = c * n_tiles + yy * tiles_x + xx
+                    ids[cursor[t]] = g
+                    cursor[t] += 1
+    return offsets, ids
+
+
+@njit(inline="always")
+def _footprint(mx, my, ca, cb, cc, opac, x0, y0, x1, y1):
+    """Pixel rectangle [px0, px1) x [py0, py1) inside the tile where alpha can reach 1/255.
+
+    Outside the ellipse 0.5 d^T conic d <= log(255 * opacity) alpha is below 1/255, so the
+    pixels there are skipped without changing the result (one pixel of margin for rounding).
+    """
+    if opac < ALPHA_MIN:
+        return x0, y0, x0, y0
+    s_max = math.log(opac / ALPHA_MIN)
+    det = ca * cc - cb * cb
+    if not det > 0.0:
+        return x0, y0, x1, y1
+    ex = math.sqrt(2.0 * s_max * cc / det) + 1.0
+    ey = math.sqrt(2.0 * s_max * ca / det) + 1.0
+    px0 = max(x0, int(math.floor(mx - 0.5 - ex)))
+    px1 = min(x1, int(math.ceil(mx - 0.5 + ex)) + 1)
+    py0 = max(y0, int(math.floor(my - 0.5 - ey)))
+    py1 = min(y1, int(math.ceil(my - 0.5 + ey)) + 1)
+    if px1 < px0:
+        px1 = px0
+    if py1 < py0:
+        py1 = py0
+    return px0, py0, px1, py1
+
+
+@njit(parallel=True, cache=True)
+def rasterize_forward(offsets, ids, means2d, conics, colors, opacities, backgrounds,
+                      width, height, tile_size, tiles_x, tiles_y):
+    """Composites every tile front to back.
+
+    colors [C, N, D], opacities [C, N] (compensation already applied), backgrounds [C, D].
+    Returns render [C, H, W, D], t_final [C, H, W] (transmittance left after the last blended
+    Gaussian) and last_ids [C, H, W] (index into `ids` of that Gaussian, -1 if none).
+    """
+    n_cams = means2d.shape[0]
+    dim = colors.shape[2]
+    dtype = means2d.dtype
+    n_tiles = tiles_x * tiles_y
+    render = np.empty((n_cams, height, width, dim), dtype=dtype)
+    t_final = np.empty((n_cams, height, width), dtype=dtype)
+    last_ids = np.empty((n_cams, height, width), dtype=np.int64)
+    for job in prange(n_cams * n_tiles):
+        c = job // n_tiles
+        tile = job % n_tiles
+        x0 = (tile % tiles_x) * tile_size
+        y0 = (tile // tiles_x) * tile_size
+        x1 = min(x0 + tile_size, width)
+        y1 = min(y0 + tile_size, height)
+        tw = x1 - x0
+        n_pix = tw * (y1 - y0)
+        trans = np.ones(n_pix, dtype=dtype)
+        acc = np.zeros((n_pix, dim), dtype=dtype)
+        done = np.zeros(n_pix, dtype=np.bool_)
+        last = np.full(n_pix, -1, dtype=np.int64)
+        n_done = 0
+        for k in range(offsets[job], offsets[job + 1]):
+            if n_done == n_pix:
+                break
+            g = ids[k]
+            mx = means2d[c, g, 0]
+            my = means2d[c, g, 1]
+            ca = conics[c, g, 0]
+            cb = conics[c, g, 1]
+            cc = conics[c, g, 2]
+            op = opacities[c, g]
+            px0, py0, px1, py1 = _footprint(mx, my, ca, cb, cc, op, x0, y0, x1, y1)
+            for py in range(py0, py1):
+                dy = my - (py + 0.5)
+                for px in range(px0, px1):
+                    p = (py - y0) * tw + (px - x0)
+                    if done[p]:
+                        continue
+                    dx = mx - (px + 0.5)
+                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sigma < 0.0:
+                        continue
+                    alpha = min(ALPHA_MAX, op * math.exp(-sigma))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    next_t = trans[p] * (1.0 - alpha)
+                    if next_t <= T_MIN:
+                        done[p] = True
+                        n_done += 1
+                        continue
+                    w = alpha * trans[p]
+                    for d in range(dim):
+                        acc[p, d] += w * colors[c, g, d]
+                    trans[p] = next_t
+                    last[p] = k
+        for py in range(y0, y1):
+            for px in range(x0, x1):
+                p = (py - y0) * tw + (px - x0)
+                for d in range(dim):
+                    render[c, py, px, d] = acc[p, d] + trans[p] * backgrounds[c, d]
+                t_final[c, py, px] = trans[p]
+                last_ids[c, py, px] = last[p]
+    return render, t_final, last_ids
+
+
+@njit(parallel=True, cache=True)
+def rasterize_backward(offsets, ids, means2d, conics, colors, opacities, backgrounds,
+                       t_final, last_ids, v_render, v_alpha_out,
+                       width, height, tile_size, tiles_x, tiles_y):
+    """Gradients of the forward pass, one row per tile-Gaussian intersection.
+
+    Walks each pixel's Gaussians back to front, recovering the transmittance in front of each
+    one by dividing T_final by (1 - alpha), as gsplat does. Returns isect_grads
+    [n_isect, 8 + D]: d/d(mean2d x, y), d/d(conic a, b, c), d/d(opacity), |d/d mean2d| (x, y,
+    summed per pixel, gsplat's "absgrad"), then d/d(colour).
+    """
+    n_cams = means2d.shape[0]
+    dim = colors.shape[2]
+    dtype = means2d.dtype
+    n_tiles = tiles_x * tiles_y
+    grads = np.zeros((ids.shape[0], _N_FIXED_GRADS + dim), dtype=dtype)
+    for job in prange(n_cams * n_tiles):
+        start = offsets[job]
+        end = offsets[job + 1]
+        if start == end:
+            continue
+        c = job // n_tiles
+        tile = job % n_tiles
+        x0 = (tile % tiles_x) * tile_size
+        y0 = (tile // tiles_x) * tile_size
+        x1 = min(x0 + tile_size, width)
+        y1 = min(y0 + tile_size, height)
+        tw = x1 - x0
+        n_pix = tw * (y1 - y0)
+        trans = np.empty(n_pix, dtype=dtype)
+        tfin = np.empty(n_pix, dtype=dtype)
+        last = np.empty(n_pix, dtype=np.int64)
+        v_c = np.empty((n_pix, dim), dtype=dtype)
+        v_a = np.empty(n_pix, dtype=dtype)
+        bg_dot = np.empty(n_pix, dtype=dtype)
+        buf = np.zeros((n_pix, dim), dtype=dtype)
+        max_last = -1
+        for py in range(y0, y1):
+            for px in range(x0, x1):
+                p = (py - y0) * tw + (px - x0)
+                tfin[p] = t_final[c, py, px]
+                trans[p] = tfin[p]
+                last[p] = last_ids[c, py, px]
+                max_last = max(max_last, last[p])
+                v_a[p] = v_alpha_out[c, py, px]
+                s = 0.0
+                for d in range(dim):
+                    v_c[p, d] = v_render[c, py, px, d]
+                    s += backgrounds[c, d] * v_c[p, d]
+                bg_dot[p] = s
+        for k in range(max_last, start - 1, -1):
+            g = ids[k]
+            mx = means2d[c, g, 0]
+            my = means2d[c, g, 1]
+            ca = conics[c, g, 0]
+            cb = conics[c, g, 1]
+            cc = conics[c, g, 2]
+            op = opacities[c, g]
+            px0, py0, px1, py1 = _footprint(mx, my, ca, cb, cc, op, x0, y0, x1, y1)
+            for py in range(py0, py1):
+                dy = my - (py + 0.5)
+                for px in range(px0, px1):
+                    p = (py - y0) * tw + (px - x0)
+                    if k > last[p]:
+                        continue
+                    dx = mx - (px + 0.5)
+                    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sigma < 0.0:
+                        continue
+                    vis = math.exp(-sigma)
+                    alpha = min(ALPHA_MAX, op * vis)
+                    if alpha < ALPHA_MIN:
+                        continue
+                    ra = 1.0 / (1.0 - alpha)
+                    trans[p] *= ra
+                    fac = alpha * trans[p]
+                    v_alpha = 0.0
+                    for d in range(dim):
+                        col = colors[c, g, d]
+                        grads[k, _N_FIXED_GRADS + d] += fac * v_c[p, d]
+                        v_alpha += (col * trans[p] - buf[p, d] * ra) * v_c[p, d]
+                        buf[p, d] += col * fac
+                    v_alpha += tfin[p] * ra * (v_a[p] - bg_dot[p])
+                    if op * vis <= ALPHA_MAX:
+                        v_sigma = -op * vis * v_alpha
+                        gx = v_sigma * (ca * dx + cb * dy)
+                        gy = v_sigma * (cb * dx + cc * dy)
+                        grads[k, _G_MX] += gx
+                        grads[k, _G_MY] += gy
+                        grads[k, _G_CA] += 0.5 * v_sigma * dx * dx
+                        grads[k, _G_CB] += v_sigma * dx * dy
+                        grads[k, _G_CC] += 0.5 * v_sigma * dy * dy
+                        grads[k, _G_OP] += vis * v_alpha
+                        grads[k, _G_AX] += abs(gx)
+                        grads[k, _G_AY] += abs(gy)
+    return grads
+
+
+@njit(parallel=True, cache=True)
+def sum_isect_grads(offsets, ids, isect_grads, n_gauss, n_tiles):
+    """Sums per-intersection gradient rows into per-(camera, Gaussian) rows [C, N, 8 + D]."""
+    n_cams = (offsets.shape[0] - 1) // n_tiles
+    width = isect_grads.shape[1]
+    out = np.zeros((n_cams, n_gauss, width), dtype=isect_grads.dtype)
+    for c in prange(n_cams):  # cameras own disjoint output rows
+        for k in range(offsets[c * n_tiles], offsets[(c + 1) * n_tiles]):
+            g = ids[k]
+            for j in range(width):
+                out[c, g, j] += isect_grads[k, j]
+    return out
