@@ -56,7 +56,8 @@ def rasterize(
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if rasterize_mode not in RASTERIZE_MODES:
         raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
-    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, backgrounds)
+    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree,
+                  backgrounds if render_mode not in ("D", "ED") else None)
     args = dict(
         near_plane=near_plane, far_plane=far_plane, sh_degree=sh_degree, backgrounds=backgrounds,
         render_mode=render_mode, rasterize_mode=rasterize_mode, absgrad=absgrad,
@@ -95,7 +96,8 @@ def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degr
         ok = (colors.dim() == 3 and colors.shape[0] == n) or (colors.dim() == 4 and colors.shape[:2] == (c, n))
         if not ok or colors.shape[-1] != 3 or colors.shape[-2] < (sh_degree + 1) ** 2:
             problems.append(f"colors {tuple(colors.shape)} != [N, K>={(sh_degree + 1) ** 2}, 3] for SH degree {sh_degree}")
-    if backgrounds is not None and (backgrounds.dim() != 2 or backgrounds.shape[0] != c):
-        problems.append(f"backgrounds {tuple(backgrounds.shape)} != [C, D]")
+    channels = 3 if sh_degree is not None else colors.shape[-1]
+    if backgrounds is not None and tuple(backgrounds.shape) != (c, channels):
+        problems.append(f"backgrounds {tuple(backgrounds.shape)} != [{c}, {channels}] (one colour per camera)")
     if problems:
         raise ValueError("rasterize: " + "; ".join(problems))

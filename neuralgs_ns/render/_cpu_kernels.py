@@ -75,29 +75,45 @@ def bin_gaussians(order, means2d, radii, tile_size, tiles_x, tiles_y):
 
 
 @njit(inline="always")
-def _footprint(mx, my, ca, cb, cc, opac, x0, y0, x1, y1):
-    """Pixel rectangle [px0, px1) x [py0, py1) inside the tile where alpha can reach 1/255.
-
-    Outside the ellipse 0.5 d^T conic d <= log(255 * opacity) alpha is below 1/255, so the
-    pixels there are skipped without changing the result (one pixel of margin for rounding).
-    """
+def _alpha_cutoff(opac):
+    """Largest sigma at which opacity * exp(-sigma) still reaches 1/255, padded for rounding;
+    negative when the Gaussian can't reach 1/255 anywhere."""
     if opac < ALPHA_MIN:
-        return x0, y0, x0, y0
-    s_max = math.log(opac / ALPHA_MIN)
+        return -1.0
+    return math.log(opac / ALPHA_MIN) * (1.0 + 1e-4) + 1e-4
+
+
+@njit(inline="always")
+def _row_range(my, ca, cb, cc, s_max, y0, y1):
+    """Rows [py0, py1) of the tile that the ellipse sigma <= s_max touches (one row of margin)."""
     det = ca * cc - cb * cb
+    if s_max < 0.0:
+        return y0, y0
     if not det > 0.0:
-        return x0, y0, x1, y1
-    ex = math.sqrt(2.0 * s_max * cc / det) + 1.0
+        return y0, y1
     ey = math.sqrt(2.0 * s_max * ca / det) + 1.0
-    px0 = max(x0, int(math.floor(mx - 0.5 - ex)))
-    px1 = min(x1, int(math.ceil(mx - 0.5 + ex)) + 1)
     py0 = max(y0, int(math.floor(my - 0.5 - ey)))
     py1 = min(y1, int(math.ceil(my - 0.5 + ey)) + 1)
-    if px1 < px0:
-        px1 = px0
-    if py1 < py0:
-        py1 = py0
-    return px0, py0, px1, py1
+    return py0, max(py0, py1)
+
+
+@njit(inline="always")
+def _col_range(mx, dy, ca, cb, cc, s_max, x0, x1):
+    """Columns [px0, px1) of one row (offset dy = my - row centre) inside the ellipse
+    sigma <= s_max, one column of margin. Skipping the pixels outside cannot change the
+    result: alpha is below 1/255 there."""
+    if not ca > 0.0:
+        return x0, x1
+    # sigma(dx) = 0.5 * (ca dx^2 + 2 cb dy dx + cc dy^2) <= s_max, a quadratic in dx.
+    disc = (cb * dy) ** 2 - ca * (cc * dy * dy - 2.0 * s_max)
+    if disc < 0.0:
+        return x0, x0
+    root = math.sqrt(disc)
+    dx_lo = (-cb * dy - root) / ca
+    dx_hi = (-cb * dy + root) / ca
+    px0 = max(x0, int(math.floor(mx - 0.5 - dx_hi)) - 1)
+    px1 = min(x1, int(math.ceil(mx - 0.5 - dx_lo)) + 2)
+    return px0, max(px0, px1)
 
 
 @njit(parallel=True, cache=True)
@@ -129,6 +145,7 @@ def rasterize_forward(offsets, ids, means2d, conics, colors, opacities, backgrou
         acc = np.zeros((n_pix, dim), dtype=dtype)
         done = np.zeros(n_pix, dtype=np.bool_)
         last = np.full(n_pix, -1, dtype=np.int64)
+        col = np.empty(dim, dtype=dtype)
         n_done = 0
         for k in range(offsets[job], offsets[job + 1]):
             if n_done == n_pix:
@@ -140,9 +157,13 @@ def rasterize_forward(offsets, ids, means2d, conics, colors, opacities, backgrou
             cb = conics[c, g, 1]
             cc = conics[c, g, 2]
             op = opacities[c, g]
-            px0, py0, px1, py1 = _footprint(mx, my, ca, cb, cc, op, x0, y0, x1, y1)
+            for d in range(dim):
+                col[d] = colors[c, g, d]
+            s_max = _alpha_cutoff(op)
+            py0, py1 = _row_range(my, ca, cb, cc, s_max, y0, y1)
             for py in range(py0, py1):
                 dy = my - (py + 0.5)
+                px0, px1 = _col_range(mx, dy, ca, cb, cc, s_max, x0, x1)
                 for px in range(px0, px1):
                     p = (py - y0) * tw + (px - x0)
                     if done[p]:
@@ -161,7 +182,7 @@ def rasterize_forward(offsets, ids, means2d, conics, colors, opacities, backgrou
                         continue
                     w = alpha * trans[p]
                     for d in range(dim):
-                        acc[p, d] += w * colors[c, g, d]
+                        acc[p, d] += w * col[d]
                     trans[p] = next_t
                     last[p] = k
         for py in range(y0, y1):
@@ -224,6 +245,8 @@ def rasterize_backward(offsets, ids, means2d, conics, colors, opacities, backgro
                     v_c[p, d] = v_render[c, py, px, d]
                     s += backgrounds[c, d] * v_c[p, d]
                 bg_dot[p] = s
+        col = np.empty(dim, dtype=dtype)
+        g_col = np.empty(dim, dtype=dtype)
         for k in range(max_last, start - 1, -1):
             g = ids[k]
             mx = means2d[c, g, 0]
@@ -232,9 +255,16 @@ def rasterize_backward(offsets, ids, means2d, conics, colors, opacities, backgro
             cb = conics[c, g, 1]
             cc = conics[c, g, 2]
             op = opacities[c, g]
-            px0, py0, px1, py1 = _footprint(mx, my, ca, cb, cc, op, x0, y0, x1, y1)
+            for d in range(dim):
+                col[d] = colors[c, g, d]
+                g_col[d] = 0.0
+            # Per-Gaussian sums kept in locals: written to memory once, not once per pixel.
+            g_mx = g_my = g_ca = g_cb = g_cc = g_op = g_ax = g_ay = 0.0
+            s_max = _alpha_cutoff(op)
+            py0, py1 = _row_range(my, ca, cb, cc, s_max, y0, y1)
             for py in range(py0, py1):
                 dy = my - (py + 0.5)
+                px0, px1 = _col_range(mx, dy, ca, cb, cc, s_max, x0, x1)
                 for px in range(px0, px1):
                     p = (py - y0) * tw + (px - x0)
                     if k > last[p]:
@@ -249,26 +279,36 @@ def rasterize_backward(offsets, ids, means2d, conics, colors, opacities, backgro
                         continue
                     ra = 1.0 / (1.0 - alpha)
                     trans[p] *= ra
-                    fac = alpha * trans[p]
+                    t = trans[p]
+                    fac = alpha * t
                     v_alpha = 0.0
                     for d in range(dim):
-                        col = colors[c, g, d]
-                        grads[k, _N_FIXED_GRADS + d] += fac * v_c[p, d]
-                        v_alpha += (col * trans[p] - buf[p, d] * ra) * v_c[p, d]
-                        buf[p, d] += col * fac
+                        g_col[d] += fac * v_c[p, d]
+                        v_alpha += (col[d] * t - buf[p, d] * ra) * v_c[p, d]
+                        buf[p, d] += col[d] * fac
                     v_alpha += tfin[p] * ra * (v_a[p] - bg_dot[p])
                     if op * vis <= ALPHA_MAX:
                         v_sigma = -op * vis * v_alpha
                         gx = v_sigma * (ca * dx + cb * dy)
                         gy = v_sigma * (cb * dx + cc * dy)
-                        grads[k, _G_MX] += gx
-                        grads[k, _G_MY] += gy
-                        grads[k, _G_CA] += 0.5 * v_sigma * dx * dx
-                        grads[k, _G_CB] += v_sigma * dx * dy
-                        grads[k, _G_CC] += 0.5 * v_sigma * dy * dy
-                        grads[k, _G_OP] += vis * v_alpha
-                        grads[k, _G_AX] += abs(gx)
-                        grads[k, _G_AY] += abs(gy)
+                        g_mx += gx
+                        g_my += gy
+                        g_ca += 0.5 * v_sigma * dx * dx
+                        g_cb += v_sigma * dx * dy
+                        g_cc += 0.5 * v_sigma * dy * dy
+                        g_op += vis * v_alpha
+                        g_ax += abs(gx)
+                        g_ay += abs(gy)
+            grads[k, _G_MX] = g_mx
+            grads[k, _G_MY] = g_my
+            grads[k, _G_CA] = g_ca
+            grads[k, _G_CB] = g_cb
+            grads[k, _G_CC] = g_cc
+            grads[k, _G_OP] = g_op
+            grads[k, _G_AX] = g_ax
+            grads[k, _G_AY] = g_ay
+            for d in range(dim):
+                grads[k, _N_FIXED_GRADS + d] = g_col[d]
     return grads
 
 

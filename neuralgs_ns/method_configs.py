@@ -1,0 +1,88 @@
+"""nerfstudio method specifications, registered through the `nerfstudio.method_configs` entry
+points: `splatfacto-portable` and `neuralgs`.
+
+Both mirror nerfstudio's `splatfacto` method (same optimisers, schedules, datamanager and step
+counts) and train on CUDA when it is available, on the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.models.base_model import ModelConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from neuralgs_ns.models.neuralgs import NeuralGSModelConfig
+from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModelConfig
+
+
+def _splatfacto_optimizers() -> dict:
+    """nerfstudio's splatfacto optimisers and schedulers, one per parameter group."""
+    return {
+        "means": {
+            "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000),
+        },
+        "features_dc": {"optimizer": AdamOptimizerConfig(lr=0.0025, eps=1e-15), "scheduler": None},
+        "features_rest": {"optimizer": AdamOptimizerConfig(lr=0.0025 / 20, eps=1e-15), "scheduler": None},
+        "opacities": {"optimizer": AdamOptimizerConfig(lr=0.05, eps=1e-15), "scheduler": None},
+        "scales": {"optimizer": AdamOptimizerConfig(lr=0.005, eps=1e-15), "scheduler": None},
+        "quats": {"optimizer": AdamOptimizerConfig(lr=0.001, eps=1e-15), "scheduler": None},
+        "camera_opt": {
+            "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(
+                lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0
+            ),
+        },
+        "bilateral_grid": {
+            "optimizer": AdamOptimizerConfig(lr=2e-3, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(
+                lr_final=1e-4, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0
+            ),
+        },
+    }
+
+
+def _splatfacto_trainer(method_name: str, model: ModelConfig) -> TrainerConfig:
+    """nerfstudio's `splatfacto` TrainerConfig with `model`, on CUDA if present, else the CPU."""
+    return TrainerConfig(
+        method_name=method_name,
+        steps_per_eval_image=100,
+        steps_per_eval_batch=0,
+        steps_per_save=2000,
+        steps_per_eval_all_images=1000,
+        max_num_iterations=30000,
+        mixed_precision=False,
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
+        pipeline=VanillaPipelineConfig(
+            datamanager=FullImageDatamanagerConfig(
+                dataparser=NerfstudioDataParserConfig(load_3D_points=True),
+                cache_images_type="uint8",
+                # "gpu" caches on the training device, whichever it is; "cpu" would pin the
+                # cache in page-locked memory, which needs CUDA.
+                cache_images="gpu",
+            ),
+            model=model,
+        ),
+        optimizers=_splatfacto_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+splatfacto_portable = MethodSpecification(
+    config=_splatfacto_trainer("splatfacto-portable", PortableSplatfactoModelConfig()),
+    description="Splatfacto that also trains on CPU (no CUDA needed); same checkpoints as splatfacto.",
+)
+
+neuralgs = MethodSpecification(
+    config=_splatfacto_trainer("neuralgs", NeuralGSModelConfig()),
+    description="NeuralGS: compress a splatfacto scene into clustered neural fields (stages not implemented yet).",
+)

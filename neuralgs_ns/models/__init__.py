@@ -1,0 +1,1 @@
+"""nerfstudio models: PortableSplatfactoModel (splatfacto on CPU or CUDA) and NeuralGSModel."""
