@@ -75,6 +75,16 @@ def bin_gaussians(order, means2d, radii, tile_size, tiles_x, tiles_y):
 
 
 @njit(inline="always")
+def _tile_bounds(job, tiles_x, tiles_y, tile_size, width, height):
+    """Camera and pixel rectangle [x0, x1) x [y0, y1) of tile job = camera * tiles + tile."""
+    n_tiles = tiles_x * tiles_y
+    tile = job % n_tiles
+    x0 = (tile % tiles_x) * tile_size
+    y0 = (tile // tiles_x) * tile_size
+    return job // n_tiles, x0, y0, min(x0 + tile_size, width), min(y0 + tile_size, height)
+
+
+@njit(inline="always")
 def _alpha_cutoff(opac):
     """Largest sigma at which opacity * exp(-sigma) still reaches 1/255, padded for rounding;
     negative when the Gaussian can't reach 1/255 anywhere."""
@@ -133,12 +143,7 @@ def rasterize_forward(offsets, ids, means2d, conics, colors, opacities, backgrou
     t_final = np.empty((n_cams, height, width), dtype=dtype)
     last_ids = np.empty((n_cams, height, width), dtype=np.int64)
     for job in prange(n_cams * n_tiles):
-        c = job // n_tiles
-        tile = job % n_tiles
-        x0 = (tile % tiles_x) * tile_size
-        y0 = (tile // tiles_x) * tile_size
-        x1 = min(x0 + tile_size, width)
-        y1 = min(y0 + tile_size, height)
+        c, x0, y0, x1, y1 = _tile_bounds(job, tiles_x, tiles_y, tile_size, width, height)
         tw = x1 - x0
         n_pix = tw * (y1 - y0)
         trans = np.ones(n_pix, dtype=dtype)
@@ -216,12 +221,7 @@ def rasterize_backward(offsets, ids, means2d, conics, colors, opacities, backgro
         end = offsets[job + 1]
         if start == end:
             continue
-        c = job // n_tiles
-        tile = job % n_tiles
-        x0 = (tile % tiles_x) * tile_size
-        y0 = (tile // tiles_x) * tile_size
-        x1 = min(x0 + tile_size, width)
-        y1 = min(y0 + tile_size, height)
+        c, x0, y0, x1, y1 = _tile_bounds(job, tiles_x, tiles_y, tile_size, width, height)
         tw = x1 - x0
         n_pix = tw * (y1 - y0)
         trans = np.empty(n_pix, dtype=dtype)
