@@ -1,0 +1,103 @@
+"""The Gaussians record's readers and writers: round trips and clear errors on bad files."""
+
+import numpy as np
+from numpy.lib.recfunctions import repack_fields
+import pytest
+import torch
+from plyfile import PlyData, PlyElement
+
+from neuralgs_ns.errors import InputFileError
+from neuralgs_ns.gaussians import PARAM_NAMES, SPLATFACTO_PREFIX, Gaussians, load_teacher, read_ply, write_ply
+
+
+def random_gaussians(n=300, degree=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = (degree + 1) ** 2 - 1
+    return Gaussians(torch.randn(n, 3, generator=g), torch.randn(n, 3, generator=g) - 4, torch.randn(n, 4, generator=g),
+                     torch.randn(n, 1, generator=g), torch.randn(n, 3, generator=g), torch.randn(n, k, 3, generator=g))
+
+
+def assert_same(a: Gaussians, b: Gaussians):
+    for name in PARAM_NAMES:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_ply_round_trip(tmp_path, degree):
+    g = random_gaussians(degree=degree)
+    write_ply(g, tmp_path / "s.ply")
+    back = read_ply(tmp_path / "s.ply")
+    assert back.sh_degree == degree
+    assert_same(g, back)
+
+
+def test_ply_matches_inria_layout(tmp_path):
+    """f_rest is channel-major (all of red's coefficients, then green's, then blue's)."""
+    g = random_gaussians(n=5, degree=1)
+    write_ply(g, tmp_path / "s.ply")
+    v = PlyData.read(str(tmp_path / "s.ply"))["vertex"]
+    assert v["f_rest_0"][2] == pytest.approx(float(g.features_rest[2, 0, 0]))
+    assert v["f_rest_3"][2] == pytest.approx(float(g.features_rest[2, 0, 1]))  # green, first coefficient
+    assert v["f_rest_4"][2] == pytest.approx(float(g.features_rest[2, 1, 1]))
+    assert {"nx", "ny", "nz", "opacity", "scale_2", "rot_3"} <= set(v.data.dtype.names)
+
+
+def test_ply_without_normals_reads(tmp_path):
+    g = random_gaussians(n=10, degree=0)
+    write_ply(g, tmp_path / "s.ply")
+    data = PlyData.read(str(tmp_path / "s.ply"))["vertex"].data
+    keep = [n for n in data.dtype.names if n not in ("nx", "ny", "nz")]
+    PlyData([PlyElement.describe(repack_fields(data[keep]), "vertex")]).write(str(tmp_path / "no_normals.ply"))
+    assert_same(g, read_ply(tmp_path / "no_normals.ply"))
+
+
+def test_checkpoint_run_dir_and_config(tmp_path):
+    g = random_gaussians(n=20, degree=2)
+    run = tmp_path / "run"
+    (run / "nerfstudio_models").mkdir(parents=True)
+    state = {SPLATFACTO_PREFIX + n: getattr(g, n) for n in PARAM_NAMES}
+    torch.save({"step": 9, "pipeline": state}, run / "nerfstudio_models" / "step-000000009.ckpt")
+    torch.save({"step": 29, "pipeline": state}, run / "nerfstudio_models" / "step-000000029.ckpt")
+    (run / "config.yml").write_text("!!python/object:dummy {}\n")
+    for path in (run, run / "config.yml", run / "nerfstudio_models" / "step-000000009.ckpt"):
+        assert_same(g, load_teacher(path))
+
+
+def one_line_error(path, fragment):
+    with pytest.raises(InputFileError) as info:
+        load_teacher(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and fragment in message, message
+
+
+def test_bad_teachers(tmp_path):
+    one_line_error(tmp_path / "missing.ply", "no such file")
+    one_line_error(tmp_path / "missing_run", "no such file")
+    (tmp_path / "empty_run").mkdir()
+    one_line_error(tmp_path / "empty_run", "no checkpoint")
+
+    # A triangle mesh.
+    verts = np.array([(0, 0, 0), (1, 0, 0), (0, 1, 0)], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    faces = np.array([([0, 1, 2],)], dtype=[("vertex_indices", "i4", (3,))])
+    PlyData([PlyElement.describe(verts, "vertex"), PlyElement.describe(faces, "face")]).write(str(tmp_path / "mesh.ply"))
+    one_line_error(tmp_path / "mesh.ply", "not a 3DGS PLY")
+
+    write_ply(random_gaussians(n=50), tmp_path / "good.ply")
+    data = (tmp_path / "good.ply").read_bytes()
+    (tmp_path / "truncated.ply").write_bytes(data[: len(data) // 2])
+    one_line_error(tmp_path / "truncated.ply", "not a readable PLY")
+
+    nan = random_gaussians(n=50)
+    nan.means[3, 1] = float("nan")
+    nan.scales[7, 0] = float("inf")
+    write_ply(nan, tmp_path / "nan.ply")
+    one_line_error(tmp_path / "nan.ply", "2 of 50 Gaussians have NaN or Inf")
+
+    write_ply(random_gaussians(n=0), tmp_path / "zero.ply")
+    one_line_error(tmp_path / "zero.ply", "zero Gaussians")
+
+    # A nerfacto-style checkpoint: a nerfstudio pipeline without Gaussian parameters.
+    torch.save({"step": 1, "pipeline": {"_model.field.mlp.weight": torch.zeros(2)}}, tmp_path / "nerfacto.ckpt")
+    one_line_error(tmp_path / "nerfacto.ckpt", "not a Gaussian-splatting checkpoint")
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    one_line_error(tmp_path / "garbage.ckpt", "not a readable PyTorch checkpoint")
