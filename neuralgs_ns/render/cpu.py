@@ -149,6 +149,15 @@ class _RasterizeToPixels(torch.autograd.Function):
         return v_means2d, v_conics, v_colors, v_opacities, v_backgrounds, None, None, None, None, None
 
 
+def _finite_rows(t: Tensor, dim: int = 0) -> Tensor:
+    """[N] mask of the Gaussians (along `dim`) whose entries in `t` are all finite.
+
+    A sum is non-finite exactly when an entry is (or when it overflows, which only drops an
+    absurd Gaussian); one reduction is far cheaper than isfinite + all over SH arrays."""
+    t = t.detach().movedim(dim, 0)
+    return torch.isfinite(t.flatten(1).sum(-1) if t.dim() > 1 else t)
+
+
 def rasterize_cpu(
     means: Tensor,
     quats: Tensor,
@@ -177,9 +186,8 @@ def rasterize_cpu(
     # Non-finite Gaussians are dropped from the image (radius 0) and given zero gradients,
     # instead of turning whole tiles into NaN.
     gauss_dim = 1 if per_camera_colors else 0
-    finite = torch.isfinite(means.detach()).all(-1) & torch.isfinite(quats.detach()).all(-1)
-    finite &= torch.isfinite(scales.detach()).all(-1) & torch.isfinite(opacities.detach())
-    finite &= torch.isfinite(colors.detach()).movedim(gauss_dim, 0).flatten(1).all(-1)
+    finite = _finite_rows(means) & _finite_rows(quats) & _finite_rows(scales) & _finite_rows(opacities)
+    finite &= _finite_rows(colors, gauss_dim)
     if not bool(finite.all()):
         col_shape = [1] * colors.dim()
         col_shape[gauss_dim] = n
