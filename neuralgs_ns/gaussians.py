@@ -20,6 +20,7 @@ from neuralgs_ns.errors import InputFileError
 from neuralgs_ns.utils import atomic_write_bytes
 
 SPLATFACTO_PREFIX = "_model.gauss_params."
+SH_C0 = 0.28209479177387814  # degree-0 SH basis value: colour = SH_C0 * dc + 0.5
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "features_dc", "features_rest")
 
 
@@ -126,6 +127,9 @@ def read_splatfacto_checkpoint(path: Path) -> Gaussians:
     params = {n: state[SPLATFACTO_PREFIX + n].detach().float() for n in PARAM_NAMES}
     if params["opacities"].dim() == 1:
         params["opacities"] = params["opacities"][:, None]
+    if params["features_rest"].dim() == 3 and params["features_rest"].shape[1] == 0:
+        # splatfacto with sh_degree 0 keeps logit RGB in features_dc, not an SH coefficient.
+        params["features_dc"] = (torch.sigmoid(params["features_dc"]) - 0.5) / SH_C0
     try:
         return Gaussians(**params)
     except ValueError as err:
@@ -219,3 +223,46 @@ def load_teacher(path: Path) -> Gaussians:
     if bad:
         raise InputFileError(path, f"{bad} of {len(gaussians)} Gaussians have NaN or Inf parameters")
     return gaussians
+
+
+def _rotmat_to_quat(rot: Tensor) -> Tensor:
+    """wxyz unit quaternion [4] of a rotation matrix [3, 3] (Shepperd's method)."""
+    m = rot.double()
+    trace = m.trace()
+    if trace > 0:
+        s = 2.0 * torch.sqrt(trace + 1.0)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    else:
+        i = int(torch.argmax(torch.diagonal(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * torch.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0] * 4
+        q[0] = (m[k, j] - m[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (m[j, i] + m[i, j]) / s
+        q[1 + k] = (m[k, i] + m[i, k]) / s
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in q]).float()
+
+
+def _quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product a * b of wxyz quaternions (broadcasting)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
+def transform_gaussians(gaussians: Gaussians, transform: Tensor, scale: float) -> Gaussians:
+    """Gaussians moved by x -> scale * (R x + t), `transform` = [R | t] [3, 4] (nerfstudio's
+    dataparser transform). View-dependent SH bands are not rotated: with a rotation, colours
+    seen from oblique angles shift slightly (DC colour is exact)."""
+    rot, t = transform[:3, :3].float(), transform[:3, 3].float()
+    q_rot = _rotmat_to_quat(rot).to(gaussians.quats)
+    return Gaussians(
+        means=scale * (gaussians.means @ rot.T + t),
+        scales=gaussians.scales + math.log(scale),
+        quats=_quat_multiply(q_rot, torch.nn.functional.normalize(gaussians.quats, dim=-1)),
+        opacities=gaussians.opacities,
+        features_dc=gaussians.features_dc,
+        features_rest=gaussians.features_rest,
+    )

@@ -19,8 +19,9 @@ from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from neuralgs_ns.models.neuralgs import NeuralGSModelConfig
+from neuralgs_ns.models.neuralgs import PRESETS, NeuralGSModelConfig, resolve_preset
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModelConfig
+from neuralgs_ns.pipeline import NeuralGSPipelineConfig
 
 
 def _splatfacto_optimizers() -> dict:
@@ -82,7 +83,29 @@ splatfacto_portable = MethodSpecification(
     description="Splatfacto that also trains on CPU (no CUDA needed); same checkpoints as splatfacto.",
 )
 
+def neuralgs_trainer(preset: str = "auto") -> TrainerConfig:
+    """`neuralgs`: splatfacto's data handling; stage D's length from the preset (the paper's
+    25k steps on CUDA, 1.5k on CPU with `auto`); only the MLPs (and camera_opt) optimise."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = _splatfacto_trainer("neuralgs", NeuralGSModelConfig(preset=preset))
+    config.pipeline = NeuralGSPipelineConfig(datamanager=config.pipeline.datamanager, model=config.pipeline.model)
+    iterations = PRESETS[resolve_preset(preset, device)]["fine_tune_iterations"]
+    config.max_num_iterations = iterations
+    config.steps_per_eval_all_images = iterations
+    config.steps_per_save = iterations
+    config.optimizers = {
+        # The paper gives no fine-tuning learning rate: 1e-3 decaying 10x suits the fitted
+        # tanh MLPs (larger rates undo stage C's fit in the first steps).
+        "field": {
+            "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=iterations),
+        },
+        "camera_opt": _splatfacto_optimizers()["camera_opt"],
+    }
+    return config
+
+
 neuralgs = MethodSpecification(
-    config=_splatfacto_trainer("neuralgs", NeuralGSModelConfig()),
-    description="NeuralGS: compress a splatfacto scene into clustered neural fields (stages not implemented yet).",
+    config=neuralgs_trainer(),
+    description="NeuralGS: compress a trained splatfacto scene into clustered neural fields.",
 )

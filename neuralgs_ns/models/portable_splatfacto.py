@@ -1,7 +1,7 @@
 """Splatfacto that trains and renders on CPU or CUDA, with splatfacto's checkpoint format.
 
-`PortableSplatfactoModel` is nerfstudio's `SplatfactoModel` with its three device assumptions
-removed: the seed-colour initialisation and the intrinsics no longer call `.cuda()`,
+`PortableSplatfactoModel` is nerfstudio's `SplatfactoModel` without what ties it to CUDA or to
+the network: the seed-colour initialisation and the intrinsics no longer call `.cuda()`,
 rendering goes through `neuralgs_ns.render.rasterize` (gsplat on CUDA, the project's kernels on
 CPU), and the LPIPS metric, whose AlexNet weights torchvision downloads, is created at first
 use and simply left out of the metrics when it cannot be had. Densification and culling are
@@ -57,9 +57,9 @@ class PortableSplatfactoModelConfig(SplatfactoModelConfig):
 def get_viewmat(camera_to_worlds: Tensor) -> Tensor:
     """World-to-camera matrices [C, 4, 4] with OpenCV axes from nerfstudio's OpenGL-axes
     camera-to-world [C, 3, 4]; splatfacto's `get_viewmat` without `torch.compile`, which on
-    CPU needs a C++ toolchain and spends ~20 s compiling a 4x4 inverse."""
-    rot = camera_to_worlds[:, :3, :3] * torch.tensor([[[1, -1, -1]]], device=camera_to_worlds.device,
-                                                     dtype=camera_to_worlds.dtype)
+    CPU needs a C++ toolchain and spent ~20 s (2 cores) compiling this 4x4 inverse."""
+    flip_yz = torch.tensor([[[1, -1, -1]]], device=camera_to_worlds.device, dtype=camera_to_worlds.dtype)
+    rot = camera_to_worlds[:, :3, :3] * flip_yz
     rot_inv = rot.transpose(1, 2)
     viewmat = torch.zeros(rot.shape[0], 4, 4, device=rot.device, dtype=rot.dtype)
     viewmat[:, 3, 3] = 1.0
@@ -159,6 +159,31 @@ class PortableSplatfactoModel(SplatfactoModel):
             }
         )
 
+        self.populate_shared_modules()
+
+        # Densification and culling, configured exactly as splatfacto does.
+        self.strategy = DefaultStrategy(
+            prune_opa=self.config.cull_alpha_thresh,
+            grow_grad2d=self.config.densify_grad_thresh,
+            grow_scale3d=self.config.densify_size_thresh,
+            grow_scale2d=self.config.split_screen_size,
+            prune_scale3d=self.config.cull_scale_thresh,
+            prune_scale2d=self.config.cull_screen_size,
+            refine_scale2d_stop_iter=self.config.stop_screen_size_at,
+            refine_start_iter=self.config.warmup_length,
+            refine_stop_iter=self.config.stop_split_at,
+            reset_every=self.config.reset_alpha_every * self.config.refine_every,
+            refine_every=self.config.refine_every,
+            pause_refine_after_reset=self.num_train_data + self.config.refine_every,
+            absgrad=self.config.use_absgrad,
+            revised_opacity=False,
+            verbose=True,
+        )
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+
+    def populate_shared_modules(self) -> None:
+        """What every splatfacto-like model here needs besides its Gaussians: camera
+        optimiser, metrics, background, crop box, bilateral grid."""
         self.camera_optimizer: CameraOptimizer = self.config.camera_optimizer.setup(
             num_cameras=self.num_train_data, device="cpu"
         )
@@ -183,31 +208,24 @@ class PortableSplatfactoModel(SplatfactoModel):
                 grid_W=self.config.grid_shape[2],
             )
 
-        # Densification and culling, configured exactly as splatfacto does.
-        self.strategy = DefaultStrategy(
-            prune_opa=self.config.cull_alpha_thresh,
-            grow_grad2d=self.config.densify_grad_thresh,
-            grow_scale3d=self.config.densify_size_thresh,
-            grow_scale2d=self.config.split_screen_size,
-            prune_scale3d=self.config.cull_scale_thresh,
-            prune_scale2d=self.config.cull_screen_size,
-            refine_scale2d_stop_iter=self.config.stop_screen_size_at,
-            refine_start_iter=self.config.warmup_length,
-            refine_stop_iter=self.config.stop_split_at,
-            reset_every=self.config.reset_alpha_every * self.config.refine_every,
-            refine_every=self.config.refine_every,
-            pause_refine_after_reset=self.num_train_data + self.config.refine_every,
-            absgrad=self.config.use_absgrad,
-            revised_opacity=False,
-            verbose=True,
-        )
-        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
-
-    def load_state_dict(self, dict, **kwargs):  # type: ignore
+    def load_state_dict(self, state_dict, **kwargs):  # type: ignore
         """Splatfacto's loading (resizes the Gaussians to the checkpoint's count), ignoring the
         `lpips.*` metric weights that splatfacto checkpoints carry."""
-        dict = {key: value for key, value in dict.items() if not key.startswith("lpips.")}
-        return super().load_state_dict(dict, **kwargs)
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("lpips.")}
+        super().load_state_dict(state_dict, **kwargs)
+
+    def gaussian_params(self) -> Dict[str, Tensor]:
+        """The Gaussians to render, splatfacto's parameterisation (log scales, logit
+        opacities [N, 1], SH DC [N, 3], SH rest [N, K - 1, 3], wxyz quats)."""
+        return dict(self.gauss_params.items())
+
+    def sh_degree_to_use(self) -> Optional[int]:
+        """SH degree to render with: splatfacto's ramp (one more band every
+        `sh_degree_interval` steps), or None when sh_degree is 0 and features_dc holds logit
+        RGB instead of SH (splatfacto's colour-only mode)."""
+        if self.config.sh_degree == 0:
+            return None
+        return min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         """Renders one camera, as splatfacto does, through `neuralgs_ns.render.rasterize`.
@@ -234,7 +252,7 @@ class PortableSplatfactoModel(SplatfactoModel):
                 return self.get_empty_outputs(
                     int(camera.width.item()), int(camera.height.item()), self.background_color.to(self.device)
                 )
-        params = {name: p if crop_ids is None else p[crop_ids] for name, p in self.gauss_params.items()}
+        params = {name: p if crop_ids is None else p[crop_ids] for name, p in self.gaussian_params().items()}
         colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"]), dim=1)
 
         camera_scale_fac = self._get_downscale_factor()
@@ -249,12 +267,9 @@ class PortableSplatfactoModel(SplatfactoModel):
             raise ValueError(f"Unknown rasterize_mode: {self.config.rasterize_mode}")
         render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
 
-        if self.config.sh_degree > 0:
-            # The SH degree ramps up by one every `sh_degree_interval` steps.
-            sh_degree_to_use = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
-        else:
+        sh_degree_to_use = self.sh_degree_to_use()
+        if sh_degree_to_use is None:
             colors = torch.sigmoid(colors).squeeze(1)  # [N, 1, 3] -> [N, 3]
-            sh_degree_to_use = None
 
         render, alpha, self.info = rasterize(
             means=params["means"],
@@ -271,9 +286,9 @@ class PortableSplatfactoModel(SplatfactoModel):
             sh_degree=sh_degree_to_use,
             render_mode=render_mode,
             rasterize_mode=self.config.rasterize_mode,
-            absgrad=self.strategy.absgrad,
+            absgrad=self.strategy is not None and self.strategy.absgrad,
         )
-        if self.training:
+        if self.training and self.strategy is not None:
             self.strategy.step_pre_backward(
                 self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info
             )
