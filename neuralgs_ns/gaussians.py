@@ -179,9 +179,8 @@ def read_ply(path: Path) -> Gaussians:
     )
 
 
-def ply_bytes(gaussians: Gaussians) -> bytes:
-    """The Inria 3DGS binary little-endian PLY of `gaussians` (with zero normals, as 3DGS
-    writes them), vectorised: one structured numpy array, no per-vertex Python."""
+def _ply_columns(gaussians: Gaussians):
+    """(name, values [N]) of every Inria 3DGS PLY property, in file order."""
     g = gaussians.to("cpu")
     n = len(g)
     rest = g.features_rest.transpose(1, 2).flatten(1)
@@ -192,13 +191,29 @@ def ply_bytes(gaussians: Gaussians) -> bytes:
     columns += [("opacity", g.opacities[:, 0])]
     columns += [(f"scale_{i}", g.scales[:, i]) for i in range(3)]
     columns += [(f"rot_{i}", g.quats[:, i]) for i in range(4)]
-    table = np.empty(n, dtype=[(name, "<f4") for name, _ in columns])
+    return columns
+
+
+def _ply_header(n: int, names) -> bytes:
+    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+    lines += [f"property float {name}" for name in names] + ["end_header", ""]
+    return "\n".join(lines).encode("ascii")
+
+
+def ply_bytes(gaussians: Gaussians) -> bytes:
+    """The Inria 3DGS binary little-endian PLY of `gaussians` (with zero normals, as 3DGS
+    writes them), vectorised: one structured numpy array, no per-vertex Python."""
+    columns = _ply_columns(gaussians)
+    table = np.empty(len(gaussians), dtype=[(name, "<f4") for name, _ in columns])
     for name, values in columns:
         table[name] = values.detach().numpy()
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
-    header += [f"property float {name}" for name, _ in columns]
-    header += ["end_header", ""]
-    return "\n".join(header).encode("ascii") + table.tobytes()
+    return _ply_header(len(gaussians), [name for name, _ in columns]) + table.tobytes()
+
+
+def ply_size(gaussians: Gaussians) -> int:
+    """Bytes of `ply_bytes(gaussians)`, without building it."""
+    names = [name for name, _ in _ply_columns(gaussians.subset(slice(0, 0)))]
+    return len(_ply_header(len(gaussians), names)) + 4 * len(names) * len(gaussians)
 
 
 def write_ply(gaussians: Gaussians, path: Path) -> None:

@@ -329,3 +329,23 @@ def weighted_mse(field: ClusteredMLPField, positions: Tensor, labels: Tensor, ta
     num = torch.zeros(k, dtype=err.dtype, device=err.device).index_add_(0, labels, weights * err)
     den = torch.zeros(k, dtype=err.dtype, device=err.device).index_add_(0, labels, weights.to(err.dtype))
     return num / den
+
+
+def field_from_state_dict(state_dict: Mapping[str, Tensor], activation: str = "tanh") -> ClusteredMLPField:
+    """A field rebuilt from `state_dict()` alone: depth, width and frequencies are read off
+    the weight shapes (the activation is not in the tensors, so it is passed in)."""
+    first = state_dict["weights.0"]
+    depth = sum(1 for name in state_dict if name.startswith("weights."))
+    config = FieldConfig(n_frequencies=(first.shape[1] - 3) // 6, width=first.shape[2] if depth > 1 else 1,
+                         depth=depth, activation=activation)
+    return ClusteredMLPField.from_state_dict(config, state_dict)
+
+
+def decode_gaussians(field: ClusteredMLPField, positions: Tensor, labels: Tensor, attribute_mins: Tensor,
+                     attribute_maxs: Tensor, sh_degree: int):
+    """The Gaussians a compressed scene describes: every position through its cluster's MLP,
+    then the normalisation table undone. Differentiable in the MLP weights."""
+    from neuralgs_ns.compress.clustering import NormalizationTable, gaussians_from_attributes
+
+    attributes = NormalizationTable(attribute_mins, attribute_maxs).denormalize(field.decode(positions, labels))
+    return gaussians_from_attributes(positions, attributes, sh_degree)

@@ -1,40 +1,348 @@
-"""NeuralGS as a nerfstudio model: a splatfacto teacher compressed into clustered neural fields.
+"""NeuralGS as a nerfstudio model: a trained splat compressed into clustered neural fields.
 
-Only the configuration exists so far, so that `ns-train neuralgs --help` documents the method;
-the compression stages (importance, pruning, clustering, MLP fitting, fine-tuning) land with
-their own issues.
+Training (`ns-train neuralgs --pipeline.model.teacher PATH`) runs, before the first step:
+  A  importance of every teacher Gaussian over the training views, prune the weakest;
+  B  min-max normalise the attributes, k-means them into clusters;
+  C  fit one tiny MLP per cluster (position -> attributes), importance-weighted;
+and then stage D is the training loop itself: only the MLP weights train, rendered through
+`rasterize` against the training images with L1 + SSIM + frequency losses.
+
+The model exposes splatfacto's Gaussian properties (`means`, `scales`, `quats`,
+`features_dc`, `features_rest`, `opacities`), decoded from the MLPs and cached until the
+next optimiser step, so nerfstudio's viewer and `ns-export gaussian-splat` work unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Type
+from typing import Dict, List, Literal, Optional, Type
 
+import torch
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from neuralgs_ns.compress.clustering import NormalizationTable, attribute_matrix, cluster_count, kmeans_clusters
+from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_gaussians, field_from_state_dict,
+                                        fit_field)
+from neuralgs_ns.compress.importance import importance_scores, prune_mask
+from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.errors import NeuralGSError
-from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
+from neuralgs_ns.gaussians import SH_C0, Gaussians, load_teacher, transform_gaussians
+from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig, get_viewmat
+from neuralgs_ns.progress import StageTimer, progress_bar
+
+PresetName = Literal["auto", "neuralgs", "cpu"]
+
+PRESETS: Dict[str, Dict[str, int]] = {
+    # The paper's settings (NEURALGS.md): for a GPU.
+    "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, fit_iterations=60000,
+                     fit_batch_per_cluster=8192, fine_tune_iterations=25000),
+    # Sized for a 2-core CPU and scenes of a few hundred thousand Gaussians: smaller MLPs,
+    # fewer steps, mini-batches of 2048 Gaussians per cluster while fitting.
+    "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, fit_iterations=1500,
+                fit_batch_per_cluster=2048, fine_tune_iterations=1500),
+}
 
 
-class StageNotImplementedError(NeuralGSError):
-    """A NeuralGS stage the user asked for is not implemented yet."""
+def resolve_preset(name: PresetName, device: str) -> str:
+    """'auto' is the paper's preset on CUDA and the CPU preset elsewhere."""
+    if name == "auto":
+        return "neuralgs" if str(device).startswith("cuda") else "cpu"
+    return name
+
+
+class TeacherError(NeuralGSError):
+    """The teacher is missing or does not match the dataset."""
 
 
 @dataclass
 class NeuralGSModelConfig(PortableSplatfactoModelConfig):
-    """NeuralGS: compresses a trained splatfacto scene into per-cluster neural fields."""
+    """NeuralGS: compresses a trained splat into per-cluster neural fields (stages A-D)."""
 
     _target: Type = field(default_factory=lambda: NeuralGSModel)
     teacher: Optional[Path] = None
     """Trained scene to compress: a splatfacto .ckpt, its run directory or config.yml, or a 3DGS .ply."""
+    preset: PresetName = "auto"
+    """Size of the MLPs and length of the fitting: 'neuralgs' (paper, for GPUs), 'cpu' (small,
+    for a laptop), 'auto' (by device). Fields below left unset take the preset's value."""
+    importance_beta: float = 0.1
+    """Exponent of the normalised volume in the importance score (LightGaussian's 0.1)."""
+    prune_fraction: float = 0.4
+    """Fraction of the least important Gaussians removed before fitting (paper: 0.4)."""
+    importance_weighting: bool = True
+    """Weight the MLP fitting loss by importance (Eq. 3). Off: the ablation with plain MSE."""
+    clustering: bool = True
+    """One MLP per k-means cluster. Off: the ablation with one MLP for the whole scene."""
+    target_cluster_size: int = 20000
+    """Gaussians per cluster the cluster count aims for (paper v2: about 20k)."""
+    n_clusters: Optional[int] = None
+    """Explicit number of clusters (overrides target_cluster_size)."""
+    seed: int = 0
+    """Seed of k-means, the MLP initialisation and the fitting's mini-batches."""
+    field_frequencies: Optional[int] = None
+    """Positional-encoding octaves of each MLP (preset: paper 10, cpu 6)."""
+    field_width: Optional[int] = None
+    """Hidden width of each MLP (preset: paper 128, cpu 64)."""
+    field_depth: Optional[int] = None
+    """Linear layers per MLP (preset: paper 5, cpu 4)."""
+    field_activation: Literal["tanh", "relu", "silu"] = "tanh"
+    """Hidden activation of the MLPs (paper: tanh)."""
+    fit_iterations: Optional[int] = None
+    """Adam steps of stage C, all clusters at once (preset: paper 60000, cpu 1500)."""
+    fit_batch_per_cluster: Optional[int] = None
+    """Gaussians drawn per cluster per fitting step (preset: paper 8192, cpu 2048)."""
+    fit_lr: float = 1e-2
+    """Initial learning rate of stage C (decays to 1% of it)."""
+    loss: NeuralGSLossConfig = field(default_factory=NeuralGSLossConfig)
+    """Stage D's fine-tuning loss."""
+    frame_check_views: int = 4
+    """Training views the teacher is rendered at to check it sits in the dataset's frame."""
+    frame_check_margin_db: float = 2.0
+    """The teacher must beat an empty (background-only) render by this PSNR margin on those
+    views, else it is taken not to sit in the dataset's frame."""
+    num_downscales: int = 0
+    """Fine-tune at full resolution from the first step (splatfacto starts at 1/4)."""
+    background_color: Literal["random", "black", "white"] = "white"
+    """Background of the renders and of RGBA ground truth."""
+
+    def preset_value(self, name: str, device: str) -> int:
+        value = getattr(self, name)
+        return PRESETS[resolve_preset(self.preset, device)][name] if value is None else value
+
+    def field_config(self, device: str) -> FieldConfig:
+        return FieldConfig(n_frequencies=self.preset_value("field_frequencies", device),
+                           width=self.preset_value("field_width", device),
+                           depth=self.preset_value("field_depth", device), activation=self.field_activation)
 
 
 class NeuralGSModel(PortableSplatfactoModel):
-    """Placeholder for the NeuralGS model; constructing it fails with a one-line message."""
+    """Gaussians decoded from per-cluster MLPs; see the module docstring.
+
+    State (the checkpoint): `positions` [N, 3] grouped by cluster, `labels` [N],
+    `attribute_mins` / `attribute_maxs` [D] (the normalisation table) and the field's MLPs.
+    """
 
     config: NeuralGSModelConfig
 
     def populate_modules(self):
-        raise StageNotImplementedError(
-            "ns-train neuralgs: the NeuralGS compression stages are not implemented yet; "
-            "train a teacher with `ns-train splatfacto-portable` meanwhile"
-        )
+        self.populate_shared_modules()
+        self.strategy = None  # positions are frozen: no densification
+        self.register_buffer("positions", torch.zeros(0, 3))
+        self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("attribute_mins", torch.zeros(0))
+        self.register_buffer("attribute_maxs", torch.zeros(0))
+        self.field: Optional[ClusteredMLPField] = None
+        self.stage_seconds: Dict[str, float] = {}
+        self._field_version = 0  # bumped after every optimiser step
+        self._decoded: Optional[Gaussians] = None
+        self._decoded_version = -1
+
+    # --- stages A-C ----------------------------------------------------------------------
+
+    def compress_teacher(self, datamanager) -> None:
+        """Stages A, B and C on the teacher, with the training views of `datamanager`."""
+        cfg = self.config
+        if cfg.teacher is None:
+            raise TeacherError("neuralgs needs a teacher: --pipeline.model.teacher PATH "
+                               "(a splatfacto run, its .ckpt or config.yml, or a 3DGS .ply)")
+        device = self.device
+        timer = StageTimer()
+        with timer.stage("Load teacher"):
+            teacher = load_teacher(cfg.teacher).to(device)
+            cameras = datamanager.train_dataset.cameras.to(device)
+            views = [self._view(cameras[i : i + 1]) for i in range(len(cameras))]
+            teacher = self._teacher_in_dataset_frame(teacher, views, datamanager)
+            CONSOLE.log(f"teacher: {len(teacher)} Gaussians, SH degree {teacher.sh_degree}")
+
+        with timer.stage("Stage A: importance"):
+            with progress_bar("importance over training views", len(views)) as advance:
+                scores = importance_scores(teacher, views, beta=cfg.importance_beta, progress=advance)
+            keep = prune_mask(scores, cfg.prune_fraction)
+            teacher, scores = teacher.subset(keep), scores[keep]
+            CONSOLE.log(f"pruned {int((~keep).sum())} of {keep.numel()} Gaussians ({cfg.prune_fraction:.0%})")
+
+        with timer.stage("Stage B: clustering"):
+            attributes = attribute_matrix(teacher)
+            table = NormalizationTable.fit(attributes)
+            normalized = table.normalize(attributes)
+            k = cluster_count(len(teacher), cfg.target_cluster_size, cfg.n_clusters) if cfg.clustering else 1
+            labels = kmeans_clusters(normalized, k, seed=cfg.seed).to(device)
+            order = torch.argsort(labels, stable=True)  # positions stored grouped by cluster
+            positions, labels, normalized, scores = teacher.means[order], labels[order], normalized[order], scores[order]
+            CONSOLE.log(f"{k} clusters, sizes {torch.bincount(labels, minlength=k).tolist()}")
+
+        with timer.stage("Stage C: fit MLPs"):
+            field_cfg = cfg.field_config(str(device))
+            mlp = ClusteredMLPField.from_points(field_cfg, positions, labels, normalized.shape[1],
+                                                n_clusters=k, seed=cfg.seed).to(device)
+            iterations = cfg.preset_value("fit_iterations", str(device))
+            with progress_bar("fit per-cluster MLPs", iterations) as advance:
+                fit_field(mlp, positions, labels, normalized, scores if cfg.importance_weighting else None,
+                          iterations=iterations, lr=cfg.fit_lr, lr_final=cfg.fit_lr / 100,
+                          batch_per_cluster=cfg.preset_value("fit_batch_per_cluster", str(device)),
+                          seed=cfg.seed, progress=lambda step, loss: advance(info=f"loss {loss:.2e}"))
+            CONSOLE.log(f"{k} MLPs, {mlp.n_parameters()} parameters")
+
+        self.positions, self.labels = positions.detach(), labels
+        self.attribute_mins, self.attribute_maxs = table.mins.to(device), table.maxs.to(device)
+        self.field = mlp
+        self.config.sh_degree = teacher.sh_degree
+        self._field_version += 1
+        self.stage_seconds.update(timer.seconds)
+
+    def _view(self, camera: Cameras):
+        """(viewmat [4, 4], K [3, 3], width, height) of a one-camera `Cameras`."""
+        viewmat = get_viewmat(camera.camera_to_worlds)[0]
+        K = camera.get_intrinsics_matrices()[0].to(self.device)
+        return viewmat, K, int(camera.width.item()), int(camera.height.item())
+
+    @torch.no_grad()
+    def _teacher_in_dataset_frame(self, teacher: Gaussians, views, datamanager) -> Gaussians:
+        """The teacher, checked against a few training images; a .ply from the original
+        capture frame is moved by the dataparser's transform when that fits better."""
+        cfg = self.config
+        idx = torch.linspace(0, len(views) - 1, min(cfg.frame_check_views, len(views))).round().long().tolist()
+        white = torch.ones(1, 3, device=self.device)
+
+        def psnr(image: Tensor, gt: Tensor) -> float:
+            return float(-10 * torch.log10(((image - gt) ** 2).mean().clamp_min(1e-10)))
+
+        targets = [self.composite_with_background(self.get_gt_img(datamanager.cached_train[i]["image"]), white[0])
+                   for i in idx]
+
+        def mean_psnr(g: Gaussians) -> float:
+            values = []
+            for i, gt in zip(idx, targets):
+                viewmat, K, w, h = views[i]
+                values.append(psnr(g.render(viewmat[None], K[None], w, h, backgrounds=white)[0][0].clamp(0, 1), gt))
+            return sum(values) / len(values)
+
+        empty = sum(psnr(torch.ones_like(gt), gt) for gt in targets) / len(targets)
+        candidates = {"as stored": teacher}
+        outputs = datamanager.train_dataparser_outputs
+        transform, scale = outputs.dataparser_transform.to(self.device), float(outputs.dataparser_scale)
+        identity = torch.eye(3, 4, device=self.device)
+        if str(cfg.teacher).lower().endswith(".ply") and not (torch.allclose(transform, identity) and scale == 1.0):
+            candidates["moved by the dataparser transform"] = transform_gaussians(teacher, transform, scale)
+        scores = {name: mean_psnr(g) for name, g in candidates.items()}
+        best = max(scores, key=scores.get)
+        summary = ", ".join(f"{name}: {value:.1f} dB" for name, value in scores.items())
+        summary += f", empty render: {empty:.1f} dB"
+        if scores[best] < empty + cfg.frame_check_margin_db:
+            raise TeacherError(f"{cfg.teacher}: teacher does not match the dataset's frame (PSNR on {len(idx)} "
+                               f"training views: {summary}; need {cfg.frame_check_margin_db} dB over the empty render)")
+        CONSOLE.log(f"teacher frame check on {len(idx)} training views: {summary}")
+        return candidates[best]
+
+    # --- decoding ------------------------------------------------------------------------
+
+    @property
+    def is_compressed(self) -> bool:
+        return self.field is not None
+
+    def decode(self) -> Gaussians:
+        """The Gaussians the MLPs currently describe. With gradients while training (every
+        step needs them), else cached until the next optimiser step."""
+        if self.field is None:
+            raise NeuralGSError("this neuralgs model holds no compressed scene yet")
+        if torch.is_grad_enabled() and self.training:
+            return self._decode_now()
+        if self._decoded_version != self._field_version:
+            with torch.no_grad():
+                self._decoded = self._decode_now()
+            self._decoded_version = self._field_version
+        return self._decoded
+
+    def _decode_now(self) -> Gaussians:
+        return decode_gaussians(self.field, self.positions, self.labels, self.attribute_mins, self.attribute_maxs,
+                                self.config.sh_degree)
+
+    def gaussian_params(self) -> Dict[str, Tensor]:
+        g = self.decode()
+        return {"means": g.means, "scales": g.scales, "quats": g.quats, "opacities": g.opacities,
+                "features_dc": g.features_dc, "features_rest": g.features_rest}
+
+    def sh_degree_to_use(self) -> Optional[int]:
+        return self.config.sh_degree  # the teacher's full degree from the first step
+
+    @property
+    def means(self):
+        return self.positions
+
+    @property
+    def colors(self):
+        return self.decode().features_dc * SH_C0 + 0.5
+
+    @property
+    def shs_0(self):
+        return self.decode().features_dc  # always SH here, also at degree 0
+
+    @property
+    def scales(self):
+        return self.decode().scales
+
+    @property
+    def quats(self):
+        return self.decode().quats
+
+    @property
+    def features_dc(self):
+        return self.decode().features_dc
+
+    @property
+    def features_rest(self):
+        return self.decode().features_rest
+
+    @property
+    def opacities(self):
+        return self.decode().opacities
+
+    # --- training (stage D) ------------------------------------------------------------------
+
+    def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
+        groups = {"field": list(self.field.parameters()) if self.field is not None else []}
+        self.camera_optimizer.get_param_groups(param_groups=groups)
+        return groups
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        def invalidate_cache(step: int) -> None:
+            self._field_version += 1
+
+        return [
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.step_cb,
+                             args=[training_callback_attributes.optimizers]),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], invalidate_cache),
+        ]
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+        terms = photometric_loss(outputs["rgb"], gt, self.config.loss)
+        loss_dict = {"main_loss": terms["total"]}
+        if self.training:
+            self.camera_optimizer.get_loss_dict(loss_dict)
+        return loss_dict
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+        metrics = {"psnr": self.psnr(outputs["rgb"].detach(), gt), "gaussian_count": self.positions.shape[0]}
+        self.camera_optimizer.get_metrics_dict(metrics)
+        return metrics
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict, **kwargs):  # type: ignore
+        """Rebuilds the MLPs and buffers at the checkpoint's sizes, then loads them."""
+        field_state = {k[len("field."):]: v for k, v in state_dict.items() if k.startswith("field.")}
+        if field_state:
+            self.field = field_from_state_dict(field_state, self.config.field_activation).to(self.device)
+        for name in ("positions", "labels", "attribute_mins", "attribute_maxs"):
+            setattr(self, name, state_dict[name].to(self.device).clone())
+        n_rest = (state_dict["attribute_mins"].shape[0] - 11) // 3
+        self.config.sh_degree = int(round((n_rest + 1) ** 0.5)) - 1
+        self._field_version += 1
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("lpips.")}
+        torch.nn.Module.load_state_dict(self, state_dict, **kwargs)

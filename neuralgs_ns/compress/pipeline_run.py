@@ -1,0 +1,120 @@
+"""`neuralgs compress`: the NeuralGS stages run through nerfstudio's trainer from one call.
+
+With a dataset, its images are the targets. Without one, views are rendered from the teacher
+on a sphere around the bulk of the scene, written as a blender-format dataset, and the
+teacher's renders are the targets; the same trainer then runs on that dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from neuralgs_ns.errors import InputFileError
+from neuralgs_ns.gaussians import Gaussians
+
+
+@dataclass
+class TeacherViews:
+    """Where and how to render training targets from the teacher when there is no dataset."""
+
+    n_train: int = 96
+    """Training views (Fibonacci sphere around the scene)."""
+    n_val: int = 16
+    """Held-out views (interleaved on the same sphere) for the PSNR report."""
+    resolution: int = 256
+    """Width and height of the rendered targets in pixels."""
+    fov_deg: float = 50.0
+    """Horizontal field of view of the virtual cameras."""
+    distance: float = 2.2
+    """Camera distance in units of the scene's radius (its 90th-percentile extent)."""
+
+
+def scene_bulk(gaussians: Gaussians) -> tuple[torch.Tensor, float]:
+    """Centre (median position) and radius (90th percentile distance to it) of the scene,
+    robust to the stray far-away Gaussians real captures have."""
+    centre = gaussians.means.median(dim=0).values
+    radius = float(torch.quantile((gaussians.means - centre).norm(dim=-1).float().cpu(), 0.9))
+    return centre, max(radius, 1e-6)
+
+
+def _sphere_directions(n: int) -> np.ndarray:
+    """n unit vectors spread evenly on the sphere (Fibonacci lattice)."""
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (3 - math.sqrt(5)) * i
+    r = np.sqrt(1 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=-1)
+
+
+def _look_at_c2w_opengl(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Camera-to-world [4, 4] in Blender/OpenGL axes (x right, y up, looking down -z)."""
+    forward = target - eye
+    forward /= np.linalg.norm(forward)
+    up = np.array([0.0, 0.0, 1.0]) if abs(forward[2]) < 0.99 else np.array([0.0, 1.0, 0.0])
+    right = np.cross(forward, up)
+    right /= np.linalg.norm(right)
+    true_up = np.cross(right, forward)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, true_up, -forward, eye
+    return c2w
+
+
+@torch.no_grad()
+def render_teacher_dataset(teacher: Gaussians, output_dir: Path, views: TeacherViews, device: str) -> Path:
+    """Writes the teacher's renders as a blender-format dataset (RGBA PNGs, straight alpha)."""
+    from PIL import Image
+
+    from neuralgs_ns.progress import progress_bar
+
+    centre, radius = scene_bulk(teacher)
+    teacher = teacher.to(device)
+    size = views.resolution
+    focal = 0.5 * size / math.tan(math.radians(views.fov_deg) / 2)
+    K = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]], device=device)
+    n_total = views.n_train + views.n_val
+    dirs = _sphere_directions(n_total)
+    is_val = np.zeros(n_total, dtype=bool)
+    is_val[np.linspace(0, n_total - 1, views.n_val).round().astype(int)] = True
+    frames: Dict[str, list] = {"train": [], "val": []}
+    with progress_bar("render teacher views", n_total) as advance:
+        for i, direction in enumerate(dirs):
+            split = "val" if is_val[i] else "train"
+            c2w = _look_at_c2w_opengl(centre.cpu().numpy() + views.distance * radius * direction, centre.cpu().numpy())
+            c2w_cv = c2w.copy()
+            c2w_cv[:3, 1:3] *= -1  # OpenGL -> OpenCV camera axes
+            viewmat = torch.from_numpy(np.linalg.inv(c2w_cv)).float().to(device)
+            rgb, alpha, _ = teacher.render(viewmat[None], K[None], size, size)
+            alpha = alpha[0].clamp(0, 1)
+            straight = torch.where(alpha > 1e-4, rgb[0] / alpha.clamp_min(1e-4), torch.zeros_like(rgb[0])).clamp(0, 1)
+            rgba = torch.cat([straight, alpha], dim=-1).mul(255).round().byte().cpu().numpy()
+            name = f"r_{len(frames[split])}"
+            (output_dir / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgba, "RGBA").save(output_dir / split / f"{name}.png")
+            frames[split].append({"file_path": f"./{split}/{name}", "transform_matrix": c2w.tolist()})
+            advance()
+    fov_x = math.radians(views.fov_deg)
+    for split, name in (("train", "train"), ("val", "val"), ("val", "test")):
+        (output_dir / f"transforms_{name}.json").write_text(json.dumps({"camera_angle_x": fov_x, "frames": frames[split]}))
+    return output_dir
+
+
+def dataparser_for(data: Path):
+    """nerfstudio dataparser config for a dataset folder: blender (transforms_train.json) or
+    nerfstudio (transforms.json) layout."""
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    if (data / "transforms_train.json").is_file():
+        return BlenderDataParserConfig(data=data)
+    if (data / "transforms.json").is_file():
+        return NerfstudioDataParserConfig(data=data, load_3D_points=False)
+    raise InputFileError(data, "not a dataset folder (no transforms_train.json or transforms.json)")

@@ -1,0 +1,74 @@
+"""NeuralGS end to end on a tiny scene: `neuralgs compress` through nerfstudio's trainer,
+`neuralgs decode`, ns-export and checkpoint reloading all describe the same Gaussians."""
+
+import copy
+
+import pytest
+import torch
+
+from neuralgs_ns.cli import main as neuralgs_cli
+from neuralgs_ns.codec import CompressedScene
+from neuralgs_ns.gaussians import PARAM_NAMES, read_ply
+from neuralgs_ns.models.neuralgs import NeuralGSModel
+from test_portable_splatfacto import trained_run, write_blender_scene  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def compressed(trained_run, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("neuralgs")
+    losses = []
+    original = NeuralGSModel.get_loss_dict
+
+    def recording(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        losses.append(float(out["main_loss"]))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(NeuralGSModel, "get_loss_dict", recording)
+        data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
+        code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(root / "scene.ngs"),
+                             "--data", str(data), "--preset", "cpu", "--fit-iterations", "200",
+                             "--fine-tune-iterations", "40", "--run-dir", str(root / "runs"), "--device", "cpu"])
+    assert code == 0
+    run_dir = next((root / "runs").glob("*/neuralgs/*"))
+    return dict(root=root, file=root / "scene.ngs", run_dir=run_dir, losses=losses, teacher=trained_run["model"])
+
+
+def test_compress_writes_a_smaller_scene(compressed):
+    scene = CompressedScene.load(compressed["file"])
+    n_teacher = compressed["teacher"].num_points
+    assert len(scene.positions) == n_teacher - round(0.4 * n_teacher)  # 40% pruned
+    assert torch.all(scene.labels[1:] >= scene.labels[:-1]), "positions are stored grouped by cluster"
+
+
+def test_fine_tuning_lowers_the_photometric_loss(compressed):
+    losses = compressed["losses"]
+    assert len(losses) == 40
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
+
+
+def test_decode_export_and_reload_agree(compressed, tmp_path):
+    from nerfstudio.scripts.exporter import ExportGaussianSplat
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    assert neuralgs_cli(["decode", str(compressed["file"]), "--output", str(tmp_path / "decoded.ply")]) == 0
+    decoded = read_ply(tmp_path / "decoded.ply")
+    config_path = compressed["run_dir"] / "config.yml"
+    ExportGaussianSplat(load_config=config_path, output_dir=tmp_path / "export").main()
+    exported = read_ply(tmp_path / "export" / "splat.ply")
+    _, pipeline, _, _ = eval_setup(config_path, test_mode="inference")
+    reloaded = pipeline.model.decode()
+    for name in PARAM_NAMES:
+        assert torch.equal(getattr(decoded, name), getattr(exported, name)), name
+        assert torch.equal(getattr(decoded, name), getattr(reloaded, name).cpu()), name
+
+
+def test_decode_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "bad.ngs").write_bytes(b"not a neuralgs file")
+    assert neuralgs_cli(["decode", str(tmp_path / "bad.ngs"), "--output", str(tmp_path / "x.ply")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.ngs" in err and "wrong magic" in err
+    assert not (tmp_path / "x.ply").exists()
+    assert neuralgs_cli(["decode", str(tmp_path / "missing.ngs"), "--output", str(tmp_path / "x.ply")]) == 1
+    assert "no such file" in capsys.readouterr().err
