@@ -7,6 +7,7 @@ one line on stderr with exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 import time
@@ -68,8 +69,6 @@ class Demo:
         sheet = np.concatenate(list(sheet), axis=1)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         out = self.output_dir / "demo.png"
-        import io
-
         buf = io.BytesIO()
         Image.fromarray(sheet).save(buf, format="PNG")
         atomic_write_bytes(out, buf.getvalue())

@@ -1,7 +1,6 @@
 """NeuralGS end to end on a tiny scene: `neuralgs compress` through nerfstudio's trainer,
 `neuralgs decode`, ns-export and checkpoint reloading all describe the same Gaussians."""
 
-import copy
 
 import pytest
 import torch

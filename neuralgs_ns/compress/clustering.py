@@ -20,7 +20,6 @@ def attribute_matrix(gaussians: Gaussians) -> Tensor:
     """[N, D] attributes; quaternions normalised and sign-fixed (q and -q are one rotation)."""
     quats = torch.nn.functional.normalize(gaussians.quats, dim=-1)
     quats = torch.where(quats[:, :1] < 0, -quats, quats)
-    n = len(gaussians)
     return torch.cat([gaussians.opacities, gaussians.scales, quats, gaussians.features_dc,
                       gaussians.features_rest.flatten(1)], dim=-1)
 

@@ -7,13 +7,11 @@ teacher's renders are the targets; the same trainer then runs on that dataset.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
