@@ -119,7 +119,8 @@ class Compress:
         data = self.data
         if data is None:
             with timer.stage("Render teacher views"):
-                data = render_teacher_dataset(teacher, self.run_dir / f"{self.teacher.stem}-views", self.views, device)
+                data = render_teacher_dataset(teacher, self.run_dir / f"{_teacher_name(self.teacher)}-views", self.views,
+                                              device)
         config = neuralgs_trainer(self.preset)
         config.machine.device_type = device
         config.pipeline.datamanager.dataparser = dataparser_for(data)
@@ -129,7 +130,7 @@ class Compress:
         if self.fine_tune_iterations is not None:
             config.max_num_iterations = config.steps_per_save = config.steps_per_eval_all_images = self.fine_tune_iterations
         config.output_dir = self.run_dir
-        config.experiment_name = self.teacher.stem
+        config.experiment_name = _teacher_name(self.teacher)
         config.vis = "tensorboard"
         config.set_timestamp()
         config.save_config()  # config.yml: what ns-viewer / ns-eval / ns-export load
@@ -154,6 +155,17 @@ class Compress:
               f"(vs {target})")
         print("wall time: " + ", ".join(f"{name} {sec:.0f} s" for name, sec in stages.items()))
         print(f"run: {config.get_base_dir()} (open with ns-viewer --load-config {config.get_base_dir() / 'config.yml'})")
+
+
+def _teacher_name(path: Path) -> str:
+    """A run name for the teacher: the .ply's stem, or the experiment name of its nerfstudio
+    run (outputs/<experiment>/<method>/<timestamp>/nerfstudio_models/step-N.ckpt)."""
+    from neuralgs_ns.gaussians import find_checkpoint
+
+    if path.suffix.lower() == ".ply":
+        return path.stem
+    run_dir = find_checkpoint(path).parent.parent
+    return run_dir.parent.parent.name or run_dir.name
 
 
 @dataclass

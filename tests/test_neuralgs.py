@@ -71,3 +71,20 @@ def test_decode_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "x.ply").exists()
     assert neuralgs_cli(["decode", str(tmp_path / "missing.ngs"), "--output", str(tmp_path / "x.ply")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_compress_without_data_trains_on_teacher_renders(trained_run, tmp_path):  # noqa: F811
+    code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "s.ngs"),
+                         "--preset", "cpu", "--fit-iterations", "20", "--fine-tune-iterations", "5",
+                         "--run-dir", str(tmp_path / "runs"), "--device", "cpu",
+                         "--views.n-train", "10", "--views.n-val", "3", "--views.resolution", "48"])
+    assert code == 0
+    views = tmp_path / "runs" / "spheres-views"
+    assert len(list((views / "train").glob("*.png"))) == 10 and len(list((views / "val").glob("*.png"))) == 3
+    assert len(CompressedScene.load(tmp_path / "s.ngs").decode()) > 0
+
+
+def test_compress_rejects_a_missing_output_folder_before_any_work(trained_run, tmp_path, capsys):  # noqa: F811
+    code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "no" / "s.ngs")])
+    assert code == 1
+    assert "does not exist" in capsys.readouterr().err
