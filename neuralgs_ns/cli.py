@@ -145,7 +145,8 @@ class Compress:
             pipeline.eval()
             metrics = pipeline.get_average_eval_image_metrics()
         teacher_bytes = ply_size(teacher)
-        stages = {**pipeline.model.stage_seconds, **timer.seconds}
+        stages = {**{k: v for k, v in timer.seconds.items() if k.startswith("Render")}, **pipeline.model.stage_seconds,
+                  **timer.seconds}  # in the order they ran
         print()
         print(f"teacher      {len(teacher):>9} Gaussians  {teacher_bytes / 2**20:9.2f} MiB (3DGS PLY)")
         print(f"compressed   {len(scene.positions):>9} Gaussians  {n_bytes / 2**20:9.2f} MiB  "
