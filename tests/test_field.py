@@ -6,6 +6,7 @@ file runs in seconds; the paper-sized field is the same code with bigger matrice
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -72,7 +73,10 @@ def reference_decode(field: ClusteredMLPField, positions, labels):
         feats += [torch.cos(2**f * math.pi * x) for f in range(cfg.n_frequencies)]
         h = torch.cat(feats, dim=-1)
         for layer in range(cfg.depth):
-            h = torch.nn.functional.linear(h, field.weights[layer][k].T, field.biases[layer][k, 0])
+            w, b = field.weights[layer][k], field.biases[layer][k, 0]
+            if cfg.weight_precision == "float16":  # what the file stores
+                w, b = w.half().float(), b.half().float()
+            h = torch.nn.functional.linear(h, w.T, b)
             if layer < cfg.depth - 1:
                 h = act(h)
         out[mask] = h
@@ -133,6 +137,21 @@ def test_decode_matches_each_cluster_alone():
             # Batched GEMM may round differently from per-cluster products: compare to 1e-6.
             torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     assert expected.abs().mean() > 0.1  # the comparison is not between near-zero outputs
+
+
+def test_float16_weights_are_what_decodes():
+    # The float16 field evaluates the float16 rounding of its weights (what the file stores):
+    # the same outputs as a float32 field holding the rounded weights, unlike the raw ones.
+    positions, labels, _ = smooth_scene(500, 2, points_seed=4)
+    half = randomized(ClusteredMLPField.from_points(SMALL, positions, labels, D))
+    full = ClusteredMLPField.from_points(dataclasses.replace(SMALL, weight_precision="float32"), positions, labels, D)
+    full.load_state_dict(half.state_dict())
+    with torch.no_grad():
+        raw = full.decode(positions, labels)
+        for p in full.parameters():
+            p.copy_(p.half().float())
+        assert torch.equal(half.decode(positions, labels), full.decode(positions, labels))
+        assert not torch.equal(half.decode(positions, labels), raw)
 
 
 def test_decode_is_differentiable_in_weights():

@@ -23,6 +23,8 @@ import torch
 from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
+from neuralgs_ns.codec.quantize import round_to_float16
+
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "silu": nn.functional.silu}
 
 
@@ -43,6 +45,9 @@ class FieldConfig(InstantiateConfig):
     """Number of linear layers of each cluster's MLP (depth - 1 hidden layers); paper: 5."""
     activation: Literal["tanh", "relu", "silu"] = "tanh"
     """Hidden-layer nonlinearity; paper: tanh."""
+    weight_precision: Literal["float16", "float32"] = "float16"
+    """Precision the weights are stored in. float16: the MLPs always evaluate the float16
+    rounding of their float32 master weights, so training sees exactly what the file holds."""
 
 
 def cluster_bounds(positions: Tensor, labels: Tensor, n_clusters: int) -> Tuple[Tensor, Tensor]:
@@ -147,6 +152,8 @@ class ClusteredMLPField(nn.Module):
             lo, hi = self.bounds_min[clusters], self.bounds_max[clusters]
             weights = [w[clusters] for w in self.weights]
             biases = [b[clusters] for b in self.biases]
+        if self.config.weight_precision == "float16":
+            weights, biases = [round_to_float16(w) for w in weights], [round_to_float16(b) for b in biases]
         center = ((lo + hi) / 2)[:, None]
         # Flat boxes (one point, or a planar cluster) would divide by zero; points outside a
         # box (position quantisation drift) are clamped to its faces rather than extrapolated.
@@ -331,13 +338,15 @@ def weighted_mse(field: ClusteredMLPField, positions: Tensor, labels: Tensor, ta
     return num / den
 
 
-def field_from_state_dict(state_dict: Mapping[str, Tensor], activation: str = "tanh") -> ClusteredMLPField:
+def field_from_state_dict(state_dict: Mapping[str, Tensor], activation: str = "tanh",
+                          weight_precision: str = "float16") -> ClusteredMLPField:
     """A field rebuilt from `state_dict()` alone: depth, width and frequencies are read off
-    the weight shapes (the activation is not in the tensors, so it is passed in)."""
+    the weight shapes (activation and precision are not in the tensors, so they are passed in)."""
     first = state_dict["weights.0"]
     depth = sum(1 for name in state_dict if name.startswith("weights."))
     config = FieldConfig(n_frequencies=(first.shape[1] - 3) // 6, width=first.shape[2] if depth > 1 else 1,
-                         depth=depth, activation=activation)
+                         depth=depth, activation=activation, weight_precision=weight_precision)
+    state_dict = {name: t.float() if t.is_floating_point() else t for name, t in state_dict.items()}
     return ClusteredMLPField.from_state_dict(config, state_dict)
 
 
