@@ -7,6 +7,8 @@ counts) and train on CUDA when it is available, on the CPU otherwise.
 
 from __future__ import annotations
 
+from typing import Type
+
 import torch
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -21,7 +23,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from neuralgs_ns.models.neuralgs import PRESETS, NeuralGSModelConfig, resolve_preset
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModelConfig
-from neuralgs_ns.pipeline import NeuralGSPipelineConfig
+from neuralgs_ns.pipeline import NeuralGSPipelineConfig, NeuralGSTrainerConfig
 
 
 def _splatfacto_optimizers() -> dict:
@@ -51,9 +53,10 @@ def _splatfacto_optimizers() -> dict:
     }
 
 
-def _splatfacto_trainer(method_name: str, model: ModelConfig) -> TrainerConfig:
+def _splatfacto_trainer(method_name: str, model: ModelConfig, trainer: Type[TrainerConfig] = TrainerConfig
+                        ) -> TrainerConfig:
     """nerfstudio's `splatfacto` TrainerConfig with `model`, on CUDA if present, else the CPU."""
-    return TrainerConfig(
+    return trainer(
         method_name=method_name,
         steps_per_eval_image=100,
         steps_per_eval_batch=0,
@@ -87,22 +90,26 @@ def neuralgs_trainer(preset: str = "auto") -> TrainerConfig:
     """`neuralgs`: splatfacto's data handling; stage D's length from the preset (the paper's
     25k steps on CUDA, 1.5k on CPU with `auto`); only the MLPs (and camera_opt) optimise."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = _splatfacto_trainer("neuralgs", NeuralGSModelConfig(preset=preset))
+    config = _splatfacto_trainer("neuralgs", NeuralGSModelConfig(preset=preset), trainer=NeuralGSTrainerConfig)
     config.pipeline = NeuralGSPipelineConfig(datamanager=config.pipeline.datamanager, model=config.pipeline.model)
-    iterations = PRESETS[resolve_preset(preset, device)]["fine_tune_iterations"]
-    config.max_num_iterations = iterations
-    config.steps_per_eval_all_images = iterations
-    config.steps_per_save = iterations
     config.optimizers = {
         # The paper gives no fine-tuning learning rate: 1e-3 decaying 10x suits the fitted
-        # tanh MLPs (larger rates undo stage C's fit in the first steps).
+        # tanh MLPs (3e-3 spikes early with 5k-Gaussian clusters, 1e-2 diverges on lego).
         "field": {
             "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=iterations),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4),
         },
         "camera_opt": _splatfacto_optimizers()["camera_opt"],
     }
+    set_fine_tune_iterations(config, PRESETS[resolve_preset(preset, device)]["fine_tune_iterations"])
     return config
+
+
+def set_fine_tune_iterations(config: TrainerConfig, iterations: int) -> None:
+    """Stage D's length: the training steps, the learning-rate decay over them, and one
+    checkpoint and one full evaluation at the end."""
+    config.max_num_iterations = config.steps_per_save = config.steps_per_eval_all_images = iterations
+    config.optimizers["field"]["scheduler"].max_steps = iterations
 
 
 neuralgs = MethodSpecification(

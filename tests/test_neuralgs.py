@@ -88,3 +88,31 @@ def test_compress_rejects_a_missing_output_folder_before_any_work(trained_run, t
     code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "no" / "s.ngs")])
     assert code == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_restores_the_checkpoint_without_compressing_again(compressed, monkeypatch, tmp_path):
+    import yaml
+
+    from neuralgs_ns.pipeline import NeuralGSTrainerConfig
+
+    config = yaml.load((compressed["run_dir"] / "config.yml").read_text(), Loader=yaml.Loader)
+    assert isinstance(config, NeuralGSTrainerConfig)
+    config.load_dir = compressed["run_dir"] / "nerfstudio_models"
+    config.max_num_iterations = 42  # two more steps after the checkpoint's 40
+    config.vis = "tensorboard"
+    config.output_dir = tmp_path  # the new checkpoints go here, not into the shared fixture's run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("stages A-C rerun on resume")
+
+    monkeypatch.setattr(NeuralGSModel, "compress_teacher", fail)
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    model = trainer.pipeline.model
+    stored = CompressedScene.load(compressed["file"])
+    assert torch.equal(model.positions.cpu(), stored.positions)
+    before = {k: v.clone() for k, v in model.field.state_dict().items()}
+    trainer.train()
+    # The optimiser trained the very MLPs the model decodes with (not stale copies).
+    assert trainer.optimizers.optimizers["field"].param_groups[0]["params"][0] is model.field.weights[0]
+    assert any(not torch.equal(before[k], v) for k, v in model.field.state_dict().items())

@@ -347,11 +347,14 @@ class NeuralGSModel(PortableSplatfactoModel):
     # --- checkpoints ---------------------------------------------------------------------
 
     def load_state_dict(self, state_dict, **kwargs):  # type: ignore
-        """Rebuilds the MLPs and buffers at the checkpoint's sizes, then loads them."""
+        """Rebuilds the MLPs and buffers at the checkpoint's sizes (unless they match), then loads them."""
         field_state = {k[len("field."):]: v for k, v in state_dict.items() if k.startswith("field.")}
-        if field_state:
+        same_sizes = self.field is not None and all(
+            name in field_state and field_state[name].shape == t.shape for name, t in self.field.state_dict().items())
+        if field_state and not same_sizes:
             self.field = field_from_state_dict(field_state, self.config.field_activation,
                                                self.config.field_precision).to(self.device)
+        # else: loaded in place below, keeping the Parameters an optimiser may already hold
         for name in ("positions", "labels", "position_grid", "attribute_mins", "attribute_maxs"):
             setattr(self, name, state_dict[name].to(self.device).clone())
         n_rest = (state_dict["attribute_mins"].shape[0] - 11) // 3
