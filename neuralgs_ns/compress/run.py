@@ -1,0 +1,236 @@
+"""One NeuralGS compression run, from a teacher to a compressed file and a report.
+
+`compress()` is what `neuralgs compress` runs, and what the demo and the benchmarks call:
+stages A-C run inside nerfstudio's trainer setup (`NeuralGSPipeline`), stage D is the
+training loop, then the held-out views are evaluated. It returns a `CompressReport`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from neuralgs_ns.compress.pipeline_run import TeacherViews
+from neuralgs_ns.errors import NeuralGSError
+
+
+@dataclass
+class CompressReport:
+    """What one compression run produced and measured."""
+
+    teacher: Path
+    """The teacher as given (.ply, .ckpt, run directory or config.yml)."""
+    output: Path
+    """The compressed file written."""
+    teacher_gaussians: int
+    teacher_ply_bytes: int
+    """Size of the teacher as an Inria 3DGS binary PLY (what the ratio compares against)."""
+    compressed_gaussians: int
+    compressed_bytes: int
+    psnr: float
+    """Mean held-out PSNR (dB) of the compressed scene."""
+    ssim: float
+    lpips: Optional[float]
+    """None when LPIPS is unavailable (no cached AlexNet weights, offline)."""
+    measured_against: str
+    """'dataset images' (with --data) or 'teacher renders'."""
+    eval_views: int
+    """Number of held-out views the metrics average over."""
+    stage_seconds: Dict[str, float]
+    """Wall time of each stage, in the order they ran (setup and saving not included)."""
+    total_seconds: float
+    """Wall time of the whole call."""
+    config_path: Path
+    """The nerfstudio run's config.yml (for ns-viewer, ns-eval, ns-export)."""
+    metrics: Dict[str, float] = field(default_factory=dict)
+    """Every averaged metric nerfstudio reported on the held-out views."""
+
+    @property
+    def ratio(self) -> float:
+        """Teacher PLY bytes over compressed bytes."""
+        return self.teacher_ply_bytes / self.compressed_bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(teacher=str(self.teacher), output=str(self.output), config_path=str(self.config_path),
+                 ratio=self.ratio)
+        return d
+
+    def format_table(self) -> str:
+        rows: List[Sequence[str]] = [
+            ("", "Gaussians", "size", ""),
+            ("teacher", f"{self.teacher_gaussians:,}", format_bytes(self.teacher_ply_bytes), "3DGS PLY"),
+            ("compressed", f"{self.compressed_gaussians:,}", format_bytes(self.compressed_bytes), str(self.output)),
+            ("ratio", "", f"{self.ratio:.1f}x", ""),
+        ]
+        quality = f"SSIM {self.ssim:.4f}" + ("" if self.lpips is None else f", LPIPS {self.lpips:.4f}")
+        lines = [format_rows(rows), "",
+                 f"held-out PSNR {self.psnr:.2f} dB, {quality} "
+                 f"(vs {self.measured_against}, {self.eval_views} views)", "",
+                 format_stage_times(self.stage_seconds, self.total_seconds), "",
+                 f"run: {self.config_path.parent} (open with ns-viewer --load-config {self.config_path})"]
+        return "\n".join(lines)
+
+    def print(self) -> None:
+        print()
+        print(self.format_table())
+
+
+def format_bytes(n: int) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:.2f} MiB"
+    return f"{n / 2**10:.1f} KiB"
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds:.0f} s ({seconds / 60:.1f} min)"
+
+
+def format_rows(rows: Sequence[Sequence[str]], right_align_from: int = 1) -> str:
+    """Rows of cells as aligned columns: the first left-aligned, the next ones (up to the
+    last, which is free text) right-aligned."""
+    n = max(len(r) for r in rows)
+    rows = [list(r) + [""] * (n - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    lines = []
+    for r in rows:
+        cells = []
+        for i, cell in enumerate(r):
+            if i == n - 1:
+                cells.append(cell)
+            elif i >= right_align_from:
+                cells.append(cell.rjust(widths[i]))
+            else:
+                cells.append(cell.ljust(widths[i]))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_stage_times(stage_seconds: Dict[str, float], total_seconds: Optional[float] = None) -> str:
+    """'wall time' block: one line per stage, in run order, then other (what the stages do
+    not cover: setup, saving) and total."""
+
+    def row(name: str, seconds: float) -> tuple:
+        short = f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+        return (f"  {name}", short, f"({seconds / 60:.1f} min)" if seconds >= 60 else "")
+
+    rows = [("wall time", "", "")] + [row(name, sec) for name, sec in stage_seconds.items()]
+    if total_seconds is not None:
+        other = total_seconds - sum(stage_seconds.values())
+        if other >= 0.05:
+            rows.append(row("other (setup, saving)", other))
+        rows.append(row("total", total_seconds))
+    return format_rows(rows)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when present, else 'cpu'; refuses 'cuda' without a CUDA device."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NeuralGSError("--device cuda: no CUDA device is available")
+    return device
+
+
+def teacher_name(path: Path) -> str:
+    """A run name for the teacher: the .ply's stem, or the experiment name of its nerfstudio
+    run (outputs/<experiment>/<method>/<timestamp>/nerfstudio_models/step-N.ckpt)."""
+    from neuralgs_ns.gaussians import find_checkpoint
+
+    path = Path(path)
+    if path.suffix.lower() == ".ply":
+        return path.stem
+    run_dir = find_checkpoint(path).parent.parent
+    return run_dir.parent.parent.name or run_dir.name
+
+
+def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: str = "auto", device: str = "auto",
+             fine_tune_iterations: Optional[int] = None, fit_iterations: Optional[int] = None,
+             run_dir: Path = Path("neuralgs-runs"), views: Optional[TeacherViews] = None,
+             experiment_name: Optional[str] = None, model_options: Optional[Dict[str, Any]] = None) -> CompressReport:
+    """Compresses `teacher` into `output` with NeuralGS through nerfstudio's trainer.
+
+    Args:
+        teacher: a 3DGS .ply, a splatfacto .ckpt, its run directory or its config.yml.
+        output: the compressed file to write (its folder must exist).
+        data: dataset the teacher was trained on (blender or nerfstudio layout), whose images
+            are the targets; None renders `views` from the teacher into
+            `run_dir/<experiment>-views` and trains on those.
+        preset: 'neuralgs', 'cpu' or 'auto' (by device).
+        device: 'auto', 'cpu' or 'cuda'.
+        fine_tune_iterations, fit_iterations: stage D and stage C steps (None: the preset's).
+        run_dir: where nerfstudio keeps the run (config.yml, checkpoint, logs).
+        views: virtual cameras when there is no `data`.
+        experiment_name: the run's experiment name (default: the teacher's name).
+        model_options: NeuralGSModelConfig fields to set (e.g. {"target_cluster_size": 2500}).
+
+    Raises NeuralGSError (one line) for a missing output folder, an unavailable device or an
+    unreadable teacher, before any long work.
+    """
+    from neuralgs_ns.codec import CompressedScene
+    from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
+    from neuralgs_ns.gaussians import load_teacher, ply_size
+    from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
+    from neuralgs_ns.progress import StageTimer
+
+    start = time.perf_counter()
+    teacher, output, run_dir = Path(teacher), Path(output), Path(run_dir)
+    if not output.parent.is_dir():
+        raise NeuralGSError(f"{output}: output folder {output.parent} does not exist")
+    device = resolve_device(device)
+    teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
+    name = experiment_name or teacher_name(teacher)
+    views = views if views is not None else TeacherViews()
+    timer = StageTimer()
+    targets = data
+    if targets is None:
+        with timer.stage("Render teacher views"):
+            targets = render_teacher_dataset(teacher_gaussians, run_dir / f"{name}-views", views, device)
+    config = neuralgs_trainer(preset)
+    config.machine.device_type = device
+    config.pipeline.datamanager.dataparser = dataparser_for(targets)
+    config.pipeline.datamanager.data = targets
+    config.pipeline.model.teacher = teacher
+    config.pipeline.model.fit_iterations = fit_iterations
+    for name, value in (model_options or {}).items():
+        if not hasattr(config.pipeline.model, name):
+            raise NeuralGSError(f"unknown NeuralGS model option {name!r}")
+        setattr(config.pipeline.model, name, value)
+    if fine_tune_iterations is not None:
+        set_fine_tune_iterations(config, fine_tune_iterations)
+    config.output_dir = run_dir
+    config.experiment_name = name
+    config.vis = "tensorboard"
+    config.set_timestamp()
+    config.save_config()  # config.yml: what ns-viewer / ns-eval / ns-export load
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()  # stages A-C (NeuralGSPipeline)
+    with timer.stage("Stage D: fine-tune"):
+        trainer.train()
+    pipeline = trainer.pipeline
+    scene = CompressedScene.from_model(pipeline.model)
+    n_bytes = scene.save(output)
+    with timer.stage("Evaluate held-out views"):
+        pipeline.eval()
+        metrics = pipeline.get_average_eval_image_metrics()
+    render_seconds = {k: v for k, v in timer.seconds.items() if k.startswith("Render")}
+    stages = {**render_seconds, **pipeline.model.stage_seconds,
+              **{k: v for k, v in timer.seconds.items() if k not in render_seconds}}  # in the order they ran
+    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return CompressReport(
+        teacher=teacher, output=output, teacher_gaussians=len(teacher_gaussians),
+        teacher_ply_bytes=ply_size(teacher_gaussians), compressed_gaussians=len(scene.positions),
+        compressed_bytes=n_bytes, psnr=metrics.get("psnr", math.nan), ssim=metrics.get("ssim", math.nan),
+        lpips=metrics.get("lpips"), measured_against="dataset images" if data is not None else "teacher renders",
+        eval_views=len(pipeline.datamanager.eval_dataset), stage_seconds=stages,
+        total_seconds=time.perf_counter() - start, config_path=config.get_base_dir() / "config.yml", metrics=metrics,
+    )
