@@ -2,7 +2,7 @@
 
 import torch
 
-from neuralgs_ns.codec.quantize import (dequantize_positions, position_grid, quantize_positions, round_to_float16,
+from neuralgs_ns.codec.quantize import (dequantize_positions, quantize_positions, round_to_float16,
                                         snap_positions)
 
 
