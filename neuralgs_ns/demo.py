@@ -42,8 +42,8 @@ TEACHER_INITIAL_GAUSSIANS = 5000
 
 @dataclass
 class DemoBudget:
-    """Sizes and step counts of a demo run. The defaults took 4.2 min on this project's 2-core
-    CPU (6.0 min on one core with the other busy): teacher 2 min, stage C 16 s, stage D 2 min."""
+    """Sizes and step counts of a demo run. The defaults took 4.1 min on this project's 2-core
+    CPU (6.0 min on one core with the other busy): teacher 2 min, stage C 26 s, stage D 1.7 min."""
 
     teacher_steps: int = 3000
     """splatfacto-portable training steps of the teacher."""

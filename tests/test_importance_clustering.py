@@ -83,6 +83,14 @@ def test_kmeans_is_deterministic_and_orders_largest_first():
     assert cluster_count(100_000, 20_000) == 5 and cluster_count(10, 20_000) == 1 and cluster_count(10, 20_000, 30) == 10
 
 
+def test_small_scenes_get_more_clusters_but_not_below_half_the_target_size():
+    assert cluster_count(118_000, 5000, min_clusters=12) == 24  # big scene: by size
+    assert cluster_count(30_000, 5000, min_clusters=12) == 12  # small: raised to the minimum
+    assert cluster_count(17_000, 5000, min_clusters=12) == 6  # smaller: clusters stay >= 2500
+    assert cluster_count(300, 5000, min_clusters=12) == 1
+    assert cluster_count(30_000, 5000, n_clusters=3, min_clusters=12) == 3  # explicit wins
+
+
 def test_rasterize_used_by_importance_is_the_public_one():
     """Guard: blending weights come from `rasterize`, so they follow its culling (behind camera => 0)."""
     g = scene([[0, 0, 5.0]], [[0.1] * 3], [5.0])  # above the camera at z=3 looking down: behind it

@@ -46,9 +46,11 @@ def dequantize_positions(codes: Tensor, grid: Tensor) -> Tensor:
 
 
 def snap_positions(positions: Tensor, bits: int = POSITION_BITS) -> Tuple[Tensor, Tensor]:
-    """(positions moved to the nearest point of the grid the file stores them on, the grid)."""
-    grid = position_grid(positions, bits)
-    return dequantize_positions(quantize_positions(positions, grid, bits), grid), grid
+    """(positions moved to the nearest point of the grid the file stores them on, the grid).
+    Computed on the CPU, as a decoder does: a GPU may fuse the multiply-add and round differently."""
+    cpu = positions.detach().cpu()
+    grid = position_grid(cpu, bits)
+    return dequantize_positions(quantize_positions(cpu, grid, bits), grid).to(positions.device), grid
 
 
 def round_to_float16(x: Tensor) -> Tensor:

@@ -56,13 +56,16 @@ class NormalizationTable:
         return (normalized + 1.0) * self._half_range + self.mins
 
 
-def cluster_count(n: int, target_cluster_size: int, n_clusters: Optional[int] = None) -> int:
-    """Explicit `n_clusters`, else about n / target_cluster_size (at least 1)."""
+def cluster_count(n: int, target_cluster_size: int, n_clusters: Optional[int] = None, min_clusters: int = 1) -> int:
+    """Explicit `n_clusters`, else about n / target_cluster_size, raised towards `min_clusters`
+    for small scenes as long as clusters keep at least half the target size (at least 1)."""
     if n_clusters is not None:
         if n_clusters < 1:
             raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
         return min(n_clusters, n)
-    return max(1, int(round(n / target_cluster_size)))
+    by_size = int(round(n / target_cluster_size))
+    small_scene_floor = min(min_clusters, n // max(1, target_cluster_size // 2))
+    return max(1, by_size, small_scene_floor)
 
 
 def kmeans_clusters(normalized: Tensor, n_clusters: int, seed: int = 0) -> Tensor:

@@ -41,14 +41,16 @@ PresetName = Literal["auto", "neuralgs", "cpu"]
 PRESETS: Dict[str, Dict[str, int]] = {
     # The paper's settings (NEURALGS.md): for a GPU.
     "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, target_cluster_size=20000,
-                     fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000),
-    # Sized for a 2-core CPU and scenes of a few hundred thousand Gaussians. A stage D step
-    # costs MLP evaluations per Gaussian, so capacity comes from more clusters (5k Gaussians
-    # each) of smaller MLPs (4 layers of 64) rather than wider ones: on lego-200 this reached
-    # 25.4 dB after 300 fine-tune steps where 20k-Gaussian clusters reached 23.8 dB, at the
-    # same cost per step. Mini-batches of 1024 Gaussians per cluster while fitting.
-    "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, fit_iterations=1500,
-                fit_batch_per_cluster=1024, fine_tune_iterations=1500),
+                     min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000),
+    # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
+    # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
+    # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
+    # reached 25.4 dB after 300 fine-tune steps where 6 reached 23.8 dB, at the same cost per
+    # step; on a 50k-Gaussian .ply, 12 clusters reached 30.3 dB where 6 reached 28.3 dB. Doubling
+    # the 1500 fine-tune steps gained nothing on either (lego 27.83 -> 27.80 dB, 50k 30.31 ->
+    # 30.32 dB). Mini-batches of 1024 Gaussians per cluster while fitting.
+    "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
+                fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500),
 }
 
 
@@ -83,8 +85,11 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """One MLP per k-means cluster. Off: the ablation with one MLP for the whole scene."""
     target_cluster_size: Optional[int] = None
     """Gaussians per cluster the cluster count aims for (preset: paper v2 about 20k, cpu 5k)."""
+    min_clusters: Optional[int] = None
+    """Small scenes get up to this many clusters, down to half the target size each
+    (preset: paper 1, cpu 12)."""
     n_clusters: Optional[int] = None
-    """Explicit number of clusters (overrides target_cluster_size)."""
+    """Explicit number of clusters (overrides target_cluster_size and min_clusters)."""
     seed: int = 0
     """Seed of k-means, the MLP initialisation and the fitting's mini-batches."""
     field_frequencies: Optional[int] = None
@@ -178,8 +183,8 @@ class NeuralGSModel(PortableSplatfactoModel):
             attributes = attribute_matrix(teacher)
             table = NormalizationTable.fit(attributes)
             normalized = table.normalize(attributes)
-            k = cluster_count(len(teacher), cfg.preset_value("target_cluster_size", str(device)),
-                              cfg.n_clusters) if cfg.clustering else 1
+            k = cluster_count(len(teacher), cfg.preset_value("target_cluster_size", str(device)), cfg.n_clusters,
+                              cfg.preset_value("min_clusters", str(device))) if cfg.clustering else 1
             labels = kmeans_clusters(normalized, k, seed=cfg.seed).to(device)
             order = torch.argsort(labels, stable=True)  # positions stored grouped by cluster
             # Snapped to the file's position grid, so the MLPs fit the positions a decoder sees.
