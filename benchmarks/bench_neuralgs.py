@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -30,57 +29,19 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
-from neuralgs_ns.compress.pipeline_run import TeacherViews
+from neuralgs_ns.compress.pipeline_run import TeacherViews, dataset_views, psnr, sphere_cameras
 from neuralgs_ns.compress.run import (CompressReport, compress, format_bytes, format_rows, format_seconds,
                                       format_stage_times, resolve_device)
 from neuralgs_ns.gaussians import Gaussians, load_teacher, ply_size
 from neuralgs_ns.utils import atomic_write_bytes
 
-def psnr(image: torch.Tensor, gt: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((image - gt) ** 2).mean().clamp_min(1e-10)))
-
-
-def dataset_views(data: Path, split: str) -> List[tuple]:
-    """(viewmat [4, 4], K [3, 3], width, height, image [H, W, 3] on white) of every view of
-    `split`, in the dataparser's frame (the frame a nerfstudio teacher was trained in)."""
-    from PIL import Image
-
-    from neuralgs_ns.compress.pipeline_run import dataparser_for
-    from neuralgs_ns.models.portable_splatfacto import get_viewmat
-
-    outputs = dataparser_for(data).setup().get_dataparser_outputs(split)
-    views = []
-    for i in range(len(outputs.cameras)):
-        camera = outputs.cameras[i : i + 1]
-        image = np.asarray(Image.open(outputs.image_filenames[i])).astype(np.float32) / 255
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        if image.shape[-1] == 4:
-            image = image[..., :3] * image[..., 3:] + (1 - image[..., 3:])
-        views.append((get_viewmat(camera.camera_to_worlds)[0], camera.get_intrinsics_matrices()[0],
-                      int(camera.width.item()), int(camera.height.item()), torch.from_numpy(image[..., :3].copy())))
-    return views
-
-
 def sphere_views(gaussians: Gaussians, n: int, resolution: int = 256) -> List[tuple]:
     """(viewmat, K, width, height) of `n` cameras on a sphere around the scene's bulk, the
     cameras `compress` renders targets from when there is no dataset."""
-    from neuralgs_ns.compress.pipeline_run import _look_at_c2w_opengl, _sphere_directions, scene_bulk
-
-    views_cfg = TeacherViews(resolution=resolution)
-    centre, radius = scene_bulk(gaussians)
-    centre = centre.cpu().numpy()
-    focal = 0.5 * resolution / math.tan(math.radians(views_cfg.fov_deg) / 2)
-    K = torch.tensor([[focal, 0, resolution / 2], [0, focal, resolution / 2], [0, 0, 1.0]])
-    views = []
-    for direction in _sphere_directions(n):
-        c2w = _look_at_c2w_opengl(centre + views_cfg.distance * radius * direction, centre)
-        c2w[:3, 1:3] *= -1  # OpenGL -> OpenCV camera axes
-        views.append((torch.from_numpy(np.linalg.inv(c2w)).float(), K, resolution, resolution))
-    return views
+    cameras = sphere_cameras(gaussians, n, TeacherViews(resolution=resolution))
+    return [(viewmat, K, resolution, resolution) for _, viewmat, K in cameras]
 
 
 @torch.no_grad()

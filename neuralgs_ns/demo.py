@@ -191,39 +191,30 @@ def write_picture(path: Path, scene_dir: Path, teacher_ckpt: Path, compressed_fi
     import matplotlib
     import numpy as np
     import torch
-    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
     from PIL import Image, ImageDraw
 
     from neuralgs_ns.codec import CompressedScene
+    from neuralgs_ns.compress.pipeline_run import dataset_views, psnr
     from neuralgs_ns.gaussians import load_teacher
-    from neuralgs_ns.models.portable_splatfacto import get_viewmat
     from neuralgs_ns.utils import atomic_write_bytes
 
-    outputs = BlenderDataParserConfig(data=scene_dir).setup().get_dataparser_outputs("val")
     scenes = {"teacher": load_teacher(teacher_ckpt).to(device),
               "NeuralGS": CompressedScene.load(compressed_file).decode().to(device)}
     white = torch.ones(1, 3, device=device)
     views = []
-    for i in range(len(outputs.cameras)):
-        camera = outputs.cameras[i : i + 1]
-        rgba = np.asarray(Image.open(outputs.image_filenames[i]).convert("RGBA")).astype(np.float32) / 255
-        gt = torch.from_numpy(rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]))  # on white, as the dataparser does
-        viewmat = get_viewmat(camera.camera_to_worlds).to(device)
-        K = camera.get_intrinsics_matrices().to(device)
-        w, h = int(camera.width.item()), int(camera.height.item())
+    for viewmat, K, w, h, gt in dataset_views(scene_dir, "val"):
         with torch.no_grad():
-            renders = {name: g.render(viewmat, K, w, h, backgrounds=white)[0][0].clamp(0, 1).cpu()
+            renders = {name: g.render(viewmat[None].to(device), K[None].to(device), w, h,
+                                      backgrounds=white)[0][0].clamp(0, 1).cpu()
                        for name, g in scenes.items()}
-        psnr = {name: float(-10 * torch.log10(((img - gt) ** 2).mean().clamp_min(1e-10)))
-                for name, img in renders.items()}
-        views.append((gt, renders, psnr))
+        views.append((gt, renders, {name: psnr(img, gt) for name, img in renders.items()}))
     view = sorted(range(len(views)), key=lambda i: views[i][2]["NeuralGS"])[len(views) // 2]
-    gt, renders, psnr = views[view]
+    gt, renders, view_psnr = views[view]
     h, w = gt.shape[:2]
     error = ((renders["NeuralGS"] - gt).abs().mean(-1) * error_gain).clamp(0, 1).numpy()
     error_rgb = matplotlib.colormaps["inferno"](error)[..., :3].astype(np.float32)
     panels = [gt.numpy(), renders["teacher"].numpy(), renders["NeuralGS"].numpy(), error_rgb]
-    labels = [f"ground truth (view {view})", f"teacher {psnr['teacher']:.1f} dB", f"NeuralGS {psnr['NeuralGS']:.1f} dB",
+    labels = [f"ground truth (view {view})", f"teacher {view_psnr['teacher']:.1f} dB", f"NeuralGS {view_psnr['NeuralGS']:.1f} dB",
               f"|NeuralGS - GT| x{error_gain:g}"]
     zoom = max(1, math.ceil(192 / w))
     gap, bar = 4, 16
@@ -235,7 +226,7 @@ def write_picture(path: Path, scene_dir: Path, teacher_ckpt: Path, compressed_fi
         sheet.paste(image, (x, bar))
         draw.text((x + 2, 2), label, fill="black")
     atomic_write_bytes(path, _image_png(np.asarray(sheet)))
-    return {"view": view, **psnr}
+    return {"view": view, **view_psnr}
 
 
 def run_demo(output_dir: Path = Path("neuralgs-demo"), budget: Optional[DemoBudget] = None, device: str = "auto",

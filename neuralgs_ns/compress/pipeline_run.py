@@ -1,4 +1,4 @@
-"""`neuralgs compress`: the NeuralGS stages run through nerfstudio's trainer from one call.
+"""Training views for `compress.run.compress`, and the view helpers the demo and benchmarks share.
 
 With a dataset, its images are the targets. Without one, views are rendered from the teacher
 on a sphere around the bulk of the scene, written as a blender-format dataset, and the
@@ -11,10 +11,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from neuralgs_ns.errors import InputFileError
 from neuralgs_ns.gaussians import Gaussians
@@ -66,6 +67,23 @@ def _look_at_c2w_opengl(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
     return c2w
 
 
+def sphere_cameras(gaussians: Gaussians, n: int, views: TeacherViews) -> List[Tuple[np.ndarray, Tensor, Tensor]]:
+    """(camera-to-world [4, 4] in OpenGL axes, world-to-camera viewmat [4, 4] in OpenCV axes,
+    K [3, 3]) of `n` cameras on a Fibonacci sphere around the scene's bulk, looking at it."""
+    centre, radius = scene_bulk(gaussians)
+    centre = centre.cpu().numpy()
+    size = views.resolution
+    focal = 0.5 * size / math.tan(math.radians(views.fov_deg) / 2)
+    K = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
+    cameras = []
+    for direction in _sphere_directions(n):
+        c2w = _look_at_c2w_opengl(centre + views.distance * radius * direction, centre)
+        c2w_cv = c2w.copy()
+        c2w_cv[:3, 1:3] *= -1  # OpenGL -> OpenCV camera axes
+        cameras.append((c2w, torch.from_numpy(np.linalg.inv(c2w_cv)).float(), K))
+    return cameras
+
+
 @torch.no_grad()
 def render_teacher_dataset(teacher: Gaussians, output_dir: Path, views: TeacherViews, device: str) -> Path:
     """Writes the teacher's renders as a blender-format dataset (RGBA PNGs, straight alpha)."""
@@ -73,24 +91,17 @@ def render_teacher_dataset(teacher: Gaussians, output_dir: Path, views: TeacherV
 
     from neuralgs_ns.progress import progress_bar
 
-    centre, radius = scene_bulk(teacher)
-    teacher = teacher.to(device)
     size = views.resolution
-    focal = 0.5 * size / math.tan(math.radians(views.fov_deg) / 2)
-    K = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]], device=device)
     n_total = views.n_train + views.n_val
-    dirs = _sphere_directions(n_total)
+    cameras = sphere_cameras(teacher, n_total, views)
+    teacher = teacher.to(device)
     is_val = np.zeros(n_total, dtype=bool)
     is_val[np.linspace(0, n_total - 1, views.n_val).round().astype(int)] = True
     frames: Dict[str, list] = {"train": [], "val": []}
     with progress_bar("render teacher views", n_total) as advance:
-        for i, direction in enumerate(dirs):
+        for i, (c2w, viewmat, K) in enumerate(cameras):
             split = "val" if is_val[i] else "train"
-            c2w = _look_at_c2w_opengl(centre.cpu().numpy() + views.distance * radius * direction, centre.cpu().numpy())
-            c2w_cv = c2w.copy()
-            c2w_cv[:3, 1:3] *= -1  # OpenGL -> OpenCV camera axes
-            viewmat = torch.from_numpy(np.linalg.inv(c2w_cv)).float().to(device)
-            rgb, alpha, _ = teacher.render(viewmat[None], K[None], size, size)
+            rgb, alpha, _ = teacher.render(viewmat[None].to(device), K[None].to(device), size, size)
             alpha = alpha[0].clamp(0, 1)
             straight = torch.where(alpha > 1e-4, rgb[0] / alpha.clamp_min(1e-4), torch.zeros_like(rgb[0])).clamp(0, 1)
             rgba = torch.cat([straight, alpha], dim=-1).mul(255).round().byte().cpu().numpy()
@@ -103,6 +114,33 @@ def render_teacher_dataset(teacher: Gaussians, output_dir: Path, views: TeacherV
     for split, name in (("train", "train"), ("val", "val"), ("val", "test")):
         (output_dir / f"transforms_{name}.json").write_text(json.dumps({"camera_angle_x": fov_x, "frames": frames[split]}))
     return output_dir
+
+
+def psnr(image: Tensor, gt: Tensor) -> float:
+    """PSNR in dB of images in [0, 1]."""
+    return float(-10 * torch.log10(((image - gt) ** 2).mean().clamp_min(1e-10)))
+
+
+def dataset_views(data: Path, split: str) -> List[tuple]:
+    """(viewmat [4, 4], K [3, 3], width, height, image [H, W, 3] on white) of every view of
+    `split`, in the dataparser's frame (the frame a nerfstudio teacher was trained in). RGBA
+    images are composited on white, as nerfstudio's blender dataparser does."""
+    from PIL import Image
+
+    from neuralgs_ns.models.portable_splatfacto import get_viewmat
+
+    outputs = dataparser_for(data).setup().get_dataparser_outputs(split)
+    views = []
+    for i in range(len(outputs.cameras)):
+        camera = outputs.cameras[i : i + 1]
+        image = np.asarray(Image.open(outputs.image_filenames[i])).astype(np.float32) / 255
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if image.shape[-1] == 4:
+            image = image[..., :3] * image[..., 3:] + (1 - image[..., 3:])
+        views.append((get_viewmat(camera.camera_to_worlds)[0], camera.get_intrinsics_matrices()[0],
+                      int(camera.width.item()), int(camera.height.item()), torch.from_numpy(image[..., :3].copy())))
+    return views
 
 
 def dataparser_for(data: Path):

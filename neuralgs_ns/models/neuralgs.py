@@ -221,12 +221,11 @@ class NeuralGSModel(PortableSplatfactoModel):
     def _teacher_in_dataset_frame(self, teacher: Gaussians, views, datamanager) -> Gaussians:
         """The teacher, checked against a few training images; a .ply from the original
         capture frame is moved by the dataparser's transform when that fits better."""
+        from neuralgs_ns.compress.pipeline_run import psnr
+
         cfg = self.config
         idx = torch.linspace(0, len(views) - 1, min(cfg.frame_check_views, len(views))).round().long().tolist()
         white = torch.ones(1, 3, device=self.device)
-
-        def psnr(image: Tensor, gt: Tensor) -> float:
-            return float(-10 * torch.log10(((image - gt) ** 2).mean().clamp_min(1e-10)))
 
         targets = [self.composite_with_background(self.get_gt_img(datamanager.cached_train[i]["image"]), white[0])
                    for i in idx]
