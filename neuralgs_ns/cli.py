@@ -1,7 +1,6 @@
-"""The `neuralgs` command (tyro subcommands): compress, decode, demo.
+"""The `neuralgs` command (tyro subcommands): compress, decode, info, demo.
 
-`compress` writes a provisional container until the .ngs bitstream lands. User errors
-(`NeuralGSError`) print as one line on stderr with exit status 1, never a traceback.
+User errors (`NeuralGSError`) print as one line on stderr with exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import Literal, Optional
 
 import tyro
 
+from neuralgs_ns.codec.quantize import POSITION_BITS
 from neuralgs_ns.compress.pipeline_run import TeacherViews
 from neuralgs_ns.demo import DemoBudget
 from neuralgs_ns.errors import NeuralGSError
@@ -64,7 +64,7 @@ class Compress:
     teacher: tyro.conf.Positional[Path]
     """A 3DGS .ply, a splatfacto .ckpt, its run directory or its config.yml."""
     output: Path
-    """The compressed file to write (provisional format until the .ngs bitstream lands)."""
+    """The .ngs file to write."""
     data: Optional[Path] = None
     """Dataset the teacher was trained on (blender or nerfstudio layout): its images are the
     targets. Without it, views rendered from the teacher around the scene are."""
@@ -80,38 +80,64 @@ class Compress:
     """Where nerfstudio keeps the run (config.yml, checkpoint, logs) for ns-viewer / ns-eval."""
     views: TeacherViews = field(default_factory=TeacherViews)
     """Virtual cameras when there is no --data."""
+    position_bits: int = POSITION_BITS
+    """Grid resolution per axis of the stored positions (1-16); each bit costs about 3 bits
+    per Gaussian."""
+    weight_precision: Literal["int8", "float16"] = "int8"
+    """How the MLP weights are stored; fine-tuning trains the stored values either way."""
 
     def main(self) -> None:
         from neuralgs_ns.compress.run import compress
 
         report = compress(self.teacher, self.output, data=self.data, preset=self.preset, device=self.device,
                           fine_tune_iterations=self.fine_tune_iterations, fit_iterations=self.fit_iterations,
-                          run_dir=self.run_dir, views=self.views)
+                          run_dir=self.run_dir, views=self.views,
+                          model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
         report.print()
 
 
 @dataclass
 class Decode:
-    """Decodes a compressed file back to an ordinary 3DGS scene."""
+    """Decodes a .ngs file back to an ordinary 3DGS scene."""
 
     input: tyro.conf.Positional[Path]
-    """The compressed file."""
+    """The .ngs file."""
     output: Path
-    """Where to write it: .ply (Inria 3DGS layout)."""
+    """Where to write it: .ply (Inria 3DGS layout), .spz (Niantic) or .splat (antimatter15)."""
+    max_clusters: Optional[int] = None
+    """Decode only the first K clusters (the largest; they come first in the file): a coarse
+    preview from the head of the file."""
 
     def main(self) -> None:
         from neuralgs_ns.codec import CompressedScene
-        from neuralgs_ns.gaussians import write_ply
+        from neuralgs_ns.export import check_output_path, write_gaussians
 
-        if self.output.suffix.lower() != ".ply":
-            raise NeuralGSError(f"{self.output}: only .ply output is supported so far")
-        gaussians = CompressedScene.load(self.input).decode()
-        write_ply(gaussians, self.output)
-        print(f"wrote {len(gaussians)} Gaussians to {self.output}")
+        if self.max_clusters is not None and self.max_clusters < 1:
+            raise NeuralGSError("--max-clusters must be at least 1")
+        check_output_path(self.output)  # before the work, so a typo costs nothing
+        gaussians = CompressedScene.load(self.input, max_clusters=self.max_clusters).decode()
+        write_gaussians(gaussians, self.output)
+        print(f"wrote {len(gaussians):,} Gaussians to {self.output}")
+
+
+@dataclass
+class Info:
+    """Prints a .ngs file's size breakdown by section and bits per Gaussian."""
+
+    input: tyro.conf.Positional[Path]
+    """The .ngs file."""
+    json: bool = False
+    """Print the same as JSON."""
+
+    def main(self) -> None:
+        from neuralgs_ns.codec import format_info, info_json, read_info
+
+        info = read_info(self.input)
+        print(info_json(info) if self.json else format_info(info))
 
 
 def main(argv=None) -> int:
-    commands = {"compress": Compress, "decode": Decode, "demo": Demo}
+    commands = {"compress": Compress, "decode": Decode, "info": Info, "demo": Demo}
     try:
         cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="neuralgs")
         cmd.main()

@@ -39,3 +39,30 @@ def test_round_to_float16_value_and_straight_through_gradient():
     assert not torch.equal(y.detach(), x.detach())
     (y * torch.arange(1000.0)).sum().backward()
     assert torch.equal(x.grad, torch.arange(1000.0))
+
+
+def test_int8_weights_use_127_levels_per_output_unit_and_pass_gradients_through():
+    from neuralgs_ns.codec.quantize import int8_weight_codes, int8_weight_scales, round_to_int8
+
+    gen = torch.Generator().manual_seed(0)
+    w = (torch.randn(3, 7, 5, generator=gen) * torch.tensor([1e-3, 1.0, 10.0, 0.1, 0.0])).requires_grad_()
+    scales = int8_weight_scales(w)
+    codes = int8_weight_codes(w, scales)
+    assert codes.abs().amax(dim=1)[:, :4].eq(127).all()  # each column's largest weight uses the full range
+    assert torch.equal(scales[..., 4], torch.ones(3, 1)) and codes[..., 4].eq(0).all()  # an all-zero column
+    stored = round_to_int8(w)
+    assert (stored - w).abs().le(scales / 2 * (1 + 1e-3)).all()  # within half a step of the master weights
+    assert torch.equal(round_to_int8(stored.detach()), stored.detach())  # quantising stored weights is a no-op
+    stored.backward(torch.arange(w.numel(), dtype=torch.float32).reshape(w.shape))
+    assert torch.equal(w.grad, torch.arange(w.numel(), dtype=torch.float32).reshape(w.shape))
+
+
+def test_storage_order_groups_by_cluster_then_follows_the_z_curve():
+    from neuralgs_ns.codec.quantize import morton_codes, storage_order
+
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, 1 << 14, (500, 3), generator=gen)
+    labels = torch.randint(0, 4, (500,), generator=gen)
+    order = storage_order(codes, labels)
+    keys = [(int(labels[i]), int(morton_codes(codes[i : i + 1])[0])) for i in order]
+    assert keys == sorted(keys)

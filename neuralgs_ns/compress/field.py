@@ -23,7 +23,7 @@ import torch
 from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
-from neuralgs_ns.codec.quantize import round_to_float16
+from neuralgs_ns.codec.quantize import round_to_float16, round_to_int8
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "silu": nn.functional.silu}
 
@@ -45,9 +45,10 @@ class FieldConfig(InstantiateConfig):
     """Number of linear layers of each cluster's MLP (depth - 1 hidden layers); paper: 5."""
     activation: Literal["tanh", "relu", "silu"] = "tanh"
     """Hidden-layer nonlinearity; paper: tanh."""
-    weight_precision: Literal["float16", "float32"] = "float16"
+    weight_precision: Literal["int8", "float16", "float32"] = "float16"
     """Precision the weights are stored in. float16: the MLPs always evaluate the float16
-    rounding of their float32 master weights, so training sees exactly what the file holds."""
+    rounding of their float32 master weights, so training sees exactly what the file holds.
+    int8: weights as int8 with a float16 scale per output unit (biases float16), the same way."""
 
 
 def cluster_bounds(positions: Tensor, labels: Tensor, n_clusters: int) -> Tuple[Tensor, Tensor]:
@@ -154,6 +155,8 @@ class ClusteredMLPField(nn.Module):
             biases = [b[clusters] for b in self.biases]
         if self.config.weight_precision == "float16":
             weights, biases = [round_to_float16(w) for w in weights], [round_to_float16(b) for b in biases]
+        elif self.config.weight_precision == "int8":
+            weights, biases = [round_to_int8(w) for w in weights], [round_to_float16(b) for b in biases]
         center = ((lo + hi) / 2)[:, None]
         # Flat boxes (one point, or a planar cluster) would divide by zero; points outside a
         # box (position quantisation drift) are clamped to its faces rather than extrapolated.

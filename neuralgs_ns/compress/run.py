@@ -177,6 +177,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     unreadable teacher, before any long work.
     """
     from neuralgs_ns.codec import CompressedScene
+    from neuralgs_ns.codec.quantize import MAX_POSITION_BITS, POSITION_BITS
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
     from neuralgs_ns.gaussians import load_teacher, ply_size
     from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
@@ -186,6 +187,9 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     teacher, output, run_dir = Path(teacher), Path(output), Path(run_dir)
     if not output.parent.is_dir():
         raise NeuralGSError(f"{output}: output folder {output.parent} does not exist")
+    bits = (model_options or {}).get("position_bits", POSITION_BITS)
+    if not 1 <= bits <= MAX_POSITION_BITS:
+        raise NeuralGSError(f"position bits must be between 1 and {MAX_POSITION_BITS}, got {bits}")
     device = resolve_device(device)
     teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
     name = experiment_name or teacher_name(teacher)
