@@ -70,7 +70,7 @@ def valid_file(tmp_path_factory):
 def test_decoding_a_file_gives_the_models_gaussians_bit_for_bit(tmp_path, precision, bits, sh_degree):
     model = fake_model(bits=bits, precision=precision, sh_degree=sh_degree)
     size = CompressedScene.from_model(model).save(tmp_path / "s.ngs")
-    assert size == (tmp_path / "s.ngs").stat().st_size
+    assert size == (tmp_path / "s.ngs").stat().st_size and (tmp_path / "s.ngs").read_bytes().startswith(MAGIC)
     scene = CompressedScene.load(tmp_path / "s.ngs")
     assert torch.equal(scene.positions, model.positions) and torch.equal(scene.labels, model.labels)
     assert_same_gaussians(scene.decode(), model_gaussians(model))

@@ -154,6 +154,31 @@ def test_float16_weights_are_what_decodes():
         assert not torch.equal(half.decode(positions, labels), raw)
 
 
+def test_int8_weights_are_what_decodes_once_active():
+    # Reference: per output unit, scale = float16(max |w| / 127), weights round(w / scale) * scale;
+    # biases float16. Before int8 is active the field evaluates float16, like a float16 field.
+    positions, labels, _ = smooth_scene(500, 2, points_seed=5)
+    int8 = randomized(ClusteredMLPField.from_points(dataclasses.replace(SMALL, weight_precision="int8"),
+                                                    positions, labels, D))
+    full = ClusteredMLPField.from_points(dataclasses.replace(SMALL, weight_precision="float32"), positions, labels, D)
+    with torch.no_grad():
+        int8.int8_active = False
+        full.load_state_dict({k: v if k.startswith("bounds") else v.half().float()
+                              for k, v in int8.state_dict().items()})
+        assert torch.equal(int8.decode(positions, labels), full.decode(positions, labels))
+        int8.int8_active = True
+        reference = {}
+        for name, value in int8.state_dict().items():
+            if name.startswith("weights."):
+                scale = (value.abs().amax(dim=1, keepdim=True) / 127).half().float()
+                value = torch.round(value / scale) * scale
+            elif name.startswith("biases."):
+                value = value.half().float()
+            reference[name] = value
+        full.load_state_dict(reference)
+        assert torch.equal(int8.decode(positions, labels), full.decode(positions, labels))
+
+
 def test_decode_is_differentiable_in_weights():
     positions, labels, targets = smooth_scene(400, 2, points_seed=1)
     field = ClusteredMLPField.from_points(SMALL, positions, labels, D)

@@ -159,20 +159,11 @@ class CompressedScene:
     def from_bytes(cls, data: bytes, path: Path, max_clusters: Optional[int] = None) -> "CompressedScene":
         """Parses a file's bytes; with `max_clusters`, only the first (largest) clusters, read
         from the file's head. Any problem raises `InputFileError` naming `path`."""
-        reader = _Reader(data, path)
-        try:
-            return reader.scene(max_clusters)
-        except NeuralGSError:
-            raise
-        except Exception as err:  # a decoder must not crash on hostile bytes: report, don't trace
-            raise InputFileError(path, f"corrupt file ({type(err).__name__}: {err})") from None
+        return _parse(data, path, max_clusters)[0]
 
     @classmethod
     def load(cls, path: Path, max_clusters: Optional[int] = None) -> "CompressedScene":
-        path = Path(path)
-        if not path.is_file():
-            raise InputFileError(path, "no such file")
-        return cls.from_bytes(path.read_bytes(), path, max_clusters)
+        return cls.from_bytes(_file_bytes(path), Path(path), max_clusters)
 
     def decode(self) -> Gaussians:
         """The Gaussians: every position through its cluster's MLP, the normalisation undone."""
@@ -189,6 +180,23 @@ def _grid_bits(positions: Tensor, grid: Tensor) -> int:
     """The bits of the grid `positions` were snapped to: its largest code spans the box."""
     codes = quantize_positions(positions.detach().cpu(), grid, MAX_POSITION_BITS)
     return max(1, int(codes.max()).bit_length()) if codes.numel() else 1
+
+
+def _file_bytes(path: Path) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "no such file")
+    return path.read_bytes()
+
+
+def _parse(data: bytes, path: Path, max_clusters: Optional[int]) -> Tuple[CompressedScene, "_Reader"]:
+    reader = _Reader(data, path)
+    try:
+        return reader.scene(max_clusters), reader
+    except NeuralGSError:
+        raise
+    except Exception as err:  # a decoder must not crash on hostile bytes: report, don't trace
+        raise InputFileError(path, f"corrupt file ({type(err).__name__}: {err})") from None
 
 
 class _Reader:
@@ -306,16 +314,8 @@ def read_info(path: Path) -> dict:
     """The size breakdown of a .ngs file by section, with bits per Gaussian (`neuralgs info`).
     Reads and checks the whole file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "no such file")
-    data = path.read_bytes()
-    reader = _Reader(data, path)
-    try:
-        scene = reader.scene(None)
-    except NeuralGSError:
-        raise
-    except Exception as err:
-        raise InputFileError(path, f"corrupt file ({type(err).__name__}: {err})") from None
+    data = _file_bytes(path)
+    scene, reader = _parse(data, path, None)
     groups = {"HEAD": "header", "NORM": "normalisation_table", "CLST": "cluster_table", "PMOD": "positions",
               "CPOS": "positions", "CMLP": "mlp_weights"}
     breakdown = {"preamble": _PREAMBLE.size, "header": 0, "normalisation_table": 0, "cluster_table": 0,

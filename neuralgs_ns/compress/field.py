@@ -116,6 +116,9 @@ class ClusteredMLPField(nn.Module):
             biases.append(nn.Parameter(self.bounds_min.new_zeros(n_clusters, 1, n_out)))
         self.weights = nn.ParameterList(weights)
         self.biases = nn.ParameterList(biases)
+        # With int8 weights: False evaluates their float16 rounding instead, for the training
+        # phases before quantisation-aware fine-tuning (see NeuralGSModelConfig.int8_fraction).
+        self.int8_active = True
 
     @classmethod
     def from_points(cls, config: FieldConfig, positions: Tensor, labels: Tensor, out_dim: int,
@@ -153,9 +156,11 @@ class ClusteredMLPField(nn.Module):
             lo, hi = self.bounds_min[clusters], self.bounds_max[clusters]
             weights = [w[clusters] for w in self.weights]
             biases = [b[clusters] for b in self.biases]
-        if self.config.weight_precision == "float16":
+        precision = "float16" if self.config.weight_precision == "int8" and not self.int8_active else \
+            self.config.weight_precision
+        if precision == "float16":
             weights, biases = [round_to_float16(w) for w in weights], [round_to_float16(b) for b in biases]
-        elif self.config.weight_precision == "int8":
+        elif precision == "int8":
             weights, biases = [round_to_int8(w) for w in weights], [round_to_float16(b) for b in biases]
         center = ((lo + hi) / 2)[:, None]
         # Flat boxes (one point, or a planar cluster) would divide by zero; points outside a
