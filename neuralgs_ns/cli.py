@@ -8,10 +8,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import tyro
 
+from neuralgs_ns.bench import DEFAULT_METHODS
 from neuralgs_ns.codec.quantize import POSITION_BITS
 from neuralgs_ns.compress.pipeline_run import TeacherViews
 from neuralgs_ns.demo import DemoBudget
@@ -136,8 +137,48 @@ class Info:
         print(info_json(info) if self.json else format_info(info))
 
 
+@dataclass
+class Bench:
+    """Compares NeuralGS with what you already have on one teacher: PLY, half-float PLY, SPZ,
+    importance pruning and gsplat's PNG compression. Per method: size, ratio to the PLY,
+    encode / decode / render times and held-out PSNR, SSIM (and LPIPS when available).
+    Writes results.json, results.md (a table for a README), rd.png and strip.png."""
+
+    teacher: tyro.conf.Positional[Path]
+    """A 3DGS .ply, a splatfacto .ckpt, its run directory or its config.yml."""
+    output_dir: Path
+    """Folder for the results, each method's file and the NeuralGS runs (created if its parent exists)."""
+    data: Optional[Path] = None
+    """Dataset the teacher was trained on: its val split is the held-out views (scored against
+    its images and the teacher's renders), its train split feeds importance and NeuralGS.
+    Without it, the teacher's renders (--views) are the dataset and the only reference."""
+    methods: Tuple[str, ...] = DEFAULT_METHODS
+    """Which to run, in order: ply, ply-fp16, spz, prune-40, prune-66, png-gsplat,
+    neuralgs-small, neuralgs, neuralgs-large (the default is all but neuralgs-large)."""
+    preset: Literal["auto", "neuralgs", "cpu"] = "auto"
+    """NeuralGS preset: 'neuralgs' (paper settings, for GPUs), 'cpu', 'auto' (by device)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render and train; auto is CUDA when present."""
+    neuralgs_fine_tune_iterations: Optional[int] = None
+    """NeuralGS stage D steps (default: the preset's)."""
+    neuralgs_fit_iterations: Optional[int] = None
+    """NeuralGS stage C steps (default: the preset's)."""
+    views: TeacherViews = field(default_factory=TeacherViews)
+    """Virtual cameras when there is no --data."""
+
+    def main(self) -> None:
+        from neuralgs_ns.bench import command_line, run_bench, write_outputs
+
+        result = run_bench(self.teacher, self.output_dir, data=self.data, methods=self.methods, preset=self.preset,
+                           device=self.device, fine_tune_iterations=self.neuralgs_fine_tune_iterations,
+                           fit_iterations=self.neuralgs_fit_iterations, views=self.views, command=command_line(self))
+        paths = write_outputs(result, self.output_dir)
+        result.print()
+        print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+
+
 def main(argv=None) -> int:
-    commands = {"compress": Compress, "decode": Decode, "info": Info, "demo": Demo}
+    commands = {"compress": Compress, "decode": Decode, "info": Info, "demo": Demo, "bench": Bench}
     try:
         cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="neuralgs")
         cmd.main()

@@ -126,10 +126,10 @@ class CompressedScene:
             raise NeuralGSError("positions are not in storage order (Morton order within each cluster)")
         model = position_coder.ExponentModel.fit(clusters, self.position_bits)
 
-        sizes_wb = weight_coder.layer_sizes(self.field_state)
-        depth = len(sizes_wb)
-        width = sizes_wb[0][1] if depth > 1 else 0
-        n_frequencies = (sizes_wb[0][0] - 3) // 6
+        layer_shapes = weight_coder.layer_sizes(self.field_state)
+        depth = len(layer_shapes)
+        width = layer_shapes[0][1] if depth > 1 else 0
+        n_frequencies = (layer_shapes[0][0] - 3) // 6
         lo = self.positions.min(dim=0).values.tolist()
         hi = self.positions.max(dim=0).values.tolist()
         head = _HEAD.pack(n, k, self.sh_degree, self.position_bits, weight_coder.WEIGHT_PRECISIONS.index(
