@@ -9,7 +9,9 @@ row saying why, and the others still run.
 
     ply             the teacher as an Inria 3DGS PLY (float32): the reference size
     ply-fp16        the same layout with every property stored as float16
-    spz             Niantic SPZ v2 (`export.spz_bytes`), read back by gsply (not our code)
+    spz             Niantic SPZ v2 (`export.spz_bytes`, the reference's quantisation), read
+                    back by gsply (not our code)
+    spz-gsply       SPZ v3 written and read back by gsply (independent of our writer)
     prune-40/-66    LightGaussian-style importance pruning only (no fine-tune), as PLY
     png-gsplat      gsplat 1.4.0's PngCompression (CUDA, torchpq and plas)
     neuralgs-small  NeuralGS with fewer, larger clusters (smaller file)
@@ -143,6 +145,21 @@ def _encode_spz(bench: "_Bench", path: Path) -> None:
     atomic_write_bytes(path, spz_bytes(bench.teacher))
 
 
+def _encode_spz_gsply(bench: "_Bench", path: Path) -> None:
+    """SPZ as gsply writes it (version 3, its default): independent of our writer. It keeps
+    8 bits per SH coefficient where Niantic's reference (and `export.spz_bytes`) keeps 5 for
+    degree 1 and 4 above, so its files are about twice as large on SH-3 scenes."""
+    import gsply
+
+    g = bench.teacher
+    data = gsply.GSData(**{name: np.ascontiguousarray(value.detach().cpu().numpy(), dtype=np.float32) for name, value in (
+        ("means", g.means), ("scales", g.scales), ("quats", torch.nn.functional.normalize(g.quats, dim=-1)),
+        ("opacities", g.opacities[:, 0]), ("sh0", g.features_dc), ("shN", g.features_rest))})
+    tmp = path.with_name(f".{path.name}.tmp")
+    gsply.write_spz(str(tmp), data)
+    os.replace(tmp, path)
+
+
 def read_spz_gsply(path: Path) -> Gaussians:
     """An SPZ file through gsply, an independent reader. gsply gives PLY conventions (checked
     by the tests on a round trip): log scales, logit opacities [N], unit wxyz quaternions, SH
@@ -258,8 +275,10 @@ METHODS: Dict[str, Method] = {
     "ply": Method("Inria 3DGS PLY, float32 (the teacher as is)", ".ply", _encode_ply, _read_ply),
     "ply-fp16": Method("Inria PLY layout, every property float16 ('property half')", ".ply",
                        _encode_ply_fp16, read_ply_fp16),
-    "spz": Method("Niantic SPZ v2 (gzip), read back by gsply", ".spz", _encode_spz, read_spz_gsply,
-                  unavailable=_spz_unavailable),
+    "spz": Method("Niantic SPZ v2 as the reference quantises it (export.spz_bytes), read back by gsply", ".spz",
+                  _encode_spz, read_spz_gsply, unavailable=_spz_unavailable),
+    "spz-gsply": Method("SPZ v3 written and read back by gsply (8-bit SH)", ".spz", _encode_spz_gsply, read_spz_gsply,
+                        unavailable=_spz_unavailable),
     **{f"prune-{percent}": Method(f"importance pruning of {percent}%, no fine-tune, PLY", ".ply",
                                   partial(_encode_pruned, percent / 100), _read_ply) for percent in (40, 66)},
     "png-gsplat": Method("gsplat 1.4.0 PngCompression (PLAS sort, PNGs, k-means SH)", "", _encode_png, _decode_png,
@@ -324,6 +343,13 @@ class BenchResult:
     """Images [H, W, 3] of the pictured view: 'ground truth' (with --data), 'teacher', then
     each method that ran; not saved in results.json."""
 
+    @property
+    def teacher_label(self) -> str:
+        """The .ply's stem, or the nerfstudio experiment's name (not a run folder's timestamp)."""
+        from neuralgs_ns.compress.run import teacher_name
+
+        return teacher_name(self.teacher)
+
     def row(self, method: str) -> BenchRow:
         return next(r for r in self.rows if r.method == method)
 
@@ -354,7 +380,7 @@ class BenchResult:
     def markdown(self) -> str:
         cells = self.table()
         right = "|".join(["---"] + ["---:"] * (len(cells[0]) - 1))
-        lines = [f"### NeuralGS bench: {self.teacher.name}", "", f"`{self.command}`", "",
+        lines = [f"### NeuralGS bench: {self.teacher_label}", "", f"`{self.command}`", "",
                  f"{self.machine['date']}, {self.machine['cpu_count']} CPUs, torch {self.machine['torch']}, "
                  f"device {self.machine['device_name']}", "",
                  "| " + " | ".join(cells[0]) + " |", "|" + right + "|"]
@@ -738,7 +764,7 @@ def rd_plot_png(result: BenchResult) -> bytes:
     ax.margins(x=0.2)  # room for the labels of the outermost markers
     ax.set_xlabel("file size (bytes)")
     ax.set_ylabel(f"held-out PSNR vs {'ground truth' if result.has_ground_truth else 'teacher renders'} (dB)")
-    ax.set_title(f"{result.teacher.name}: {result.teacher_gaussians:,} Gaussians, {result.eval_views} held-out views",
+    ax.set_title(f"{result.teacher_label}: {result.teacher_gaussians:,} Gaussians, {result.eval_views} held-out views",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if rows:

@@ -23,7 +23,7 @@ from neuralgs_ns.cli import main as neuralgs_cli
 from neuralgs_ns.gaussians import Gaussians, ply_size, write_ply
 
 N = 300
-METHODS = ["ply", "ply-fp16", "spz", "prune-40", "prune-66", "png-gsplat", "neuralgs-small"]
+METHODS = ["ply", "ply-fp16", "spz", "spz-gsply", "prune-40", "prune-66", "png-gsplat", "neuralgs-small"]
 FAILING = "prune-66"  # its encoder is replaced by one that raises
 TINY_VIEWS = ["--views.n-train", "4", "--views.n-val", "2", "--views.resolution", "32"]
 TINY_NEURALGS = ["--neuralgs-fit-iterations", "10", "--neuralgs-fine-tune-iterations", "3", "--device", "cpu"]
@@ -141,6 +141,11 @@ def test_spz_row_and_gsply_conventions(run, tmp_path):
     assert row["status"] == "ok" and row["gaussians"] == N
     assert row["bytes"] == len(spz_bytes(random_teacher())) == (out / "files/spz.spz").stat().st_size
     assert row["psnr_teacher"] > 30
+    # gsply's own writer: an independent SPZ of the same teacher, 8-bit SH, so not smaller.
+    independent = _rows(results)["spz-gsply"]
+    assert independent["status"] == "ok" and independent["gaussians"] == N
+    assert independent["bytes"] == (out / "files/spz-gsply.spz").stat().st_size >= row["bytes"]
+    assert independent["psnr_teacher"] > 30
 
     # gsply's GSData read as ours: log scales, logit opacities, wxyz, SH rest coefficient-major.
     g = random_teacher(n=40, degree=2, seed=5)

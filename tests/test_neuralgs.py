@@ -15,12 +15,13 @@ from test_portable_splatfacto import trained_run, write_blender_scene  # noqa: F
 @pytest.fixture(scope="module")
 def compressed(trained_run, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("neuralgs")
-    losses = []
+    losses, int8_steps = [], []
     original = NeuralGSModel.get_loss_dict
 
     def recording(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         losses.append(float(out["main_loss"]))
+        int8_steps.append(self.field.int8_active)
         return out
 
     with pytest.MonkeyPatch.context() as mp:
@@ -31,7 +32,8 @@ def compressed(trained_run, tmp_path_factory):  # noqa: F811
                              "--fine-tune-iterations", "40", "--run-dir", str(root / "runs"), "--device", "cpu"])
     assert code == 0
     run_dir = next((root / "runs").glob("*/neuralgs/*"))
-    return dict(root=root, file=root / "scene.ngs", run_dir=run_dir, losses=losses, teacher=trained_run["model"])
+    return dict(root=root, file=root / "scene.ngs", run_dir=run_dir, losses=losses, int8_steps=int8_steps,
+                teacher=trained_run["model"])
 
 
 def test_compress_writes_a_smaller_scene(compressed):
@@ -45,6 +47,11 @@ def test_fine_tuning_lowers_the_photometric_loss(compressed):
     losses = compressed["losses"]
     assert len(losses) == 40
     assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
+
+
+def test_int8_weights_are_trained_over_the_last_fifth_of_fine_tuning(compressed):
+    # 40 steps, int8_fraction 0.2: float16 for steps 0-31, the stored int8 weights for 32-39.
+    assert compressed["int8_steps"] == [False] * 32 + [True] * 8
 
 
 def test_decode_export_and_reload_agree(compressed, tmp_path):
