@@ -94,9 +94,9 @@ _HALF_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 def ply_fp16_bytes(gaussians: Gaussians) -> bytes:
-    from neuralgs_ns.gaussians import _ply_columns
+    from neuralgs_ns.gaussians import ply_columns
 
-    columns = _ply_columns(gaussians)
+    columns = ply_columns(gaussians)
     table = np.empty(len(gaussians), dtype=[(name, "<f2") for name, _ in columns])
     for name, values in columns:
         values = values.detach().numpy()
@@ -784,7 +784,7 @@ def strip_png(result: BenchResult) -> bytes:
     from PIL import Image, ImageDraw
 
     from neuralgs_ns.compress.pipeline_run import psnr
-    from neuralgs_ns.demo import _image_png
+    from neuralgs_ns.utils import png_bytes
 
     reference_name = "ground truth" if result.has_ground_truth else "teacher"
     reference = result.strip[reference_name]
@@ -814,7 +814,7 @@ def strip_png(result: BenchResult) -> bytes:
         sheet.paste(image, (x, bar))
         draw.text((x + 2, 2), line1, fill="black")
         draw.text((x + 2, 14), line2, fill="black")
-    return _image_png(np.asarray(sheet))
+    return png_bytes(np.asarray(sheet))
 
 
 def command_line(options) -> str:

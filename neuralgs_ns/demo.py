@@ -20,7 +20,6 @@ Layout of the output folder (reused by later runs: the scene is rewritten, runs 
 from __future__ import annotations
 
 import copy
-import io
 import math
 import random
 import shutil
@@ -175,14 +174,6 @@ def train_teacher(scene_dir: Path, run_dir: Path, steps: int, device: str, seed:
     return config, trainer
 
 
-def _image_png(array) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def write_picture(path: Path, scene_dir: Path, teacher_ckpt: Path, compressed_file: Path, device: str = "cpu",
                   error_gain: float = 4.0) -> Dict[str, float]:
     """`path` (PNG): one held-out view as ground truth | teacher | NeuralGS | |NeuralGS - GT|
@@ -196,7 +187,7 @@ def write_picture(path: Path, scene_dir: Path, teacher_ckpt: Path, compressed_fi
     from neuralgs_ns.codec import CompressedScene
     from neuralgs_ns.compress.pipeline_run import dataset_views, psnr
     from neuralgs_ns.gaussians import load_teacher
-    from neuralgs_ns.utils import atomic_write_bytes
+    from neuralgs_ns.utils import atomic_write_bytes, png_bytes
 
     scenes = {"teacher": load_teacher(teacher_ckpt).to(device),
               "NeuralGS": CompressedScene.load(compressed_file).decode().to(device)}
@@ -225,7 +216,7 @@ def write_picture(path: Path, scene_dir: Path, teacher_ckpt: Path, compressed_fi
         x = i * (w * zoom + gap)
         sheet.paste(image, (x, bar))
         draw.text((x + 2, 2), label, fill="black")
-    atomic_write_bytes(path, _image_png(np.asarray(sheet)))
+    atomic_write_bytes(path, png_bytes(np.asarray(sheet)))
     return {"view": view, **view_psnr}
 
 

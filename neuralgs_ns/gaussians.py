@@ -179,7 +179,7 @@ def read_ply(path: Path) -> Gaussians:
     )
 
 
-def _ply_columns(gaussians: Gaussians):
+def ply_columns(gaussians: Gaussians):
     """(name, values [N]) of every Inria 3DGS PLY property, in file order."""
     g = gaussians.to("cpu")
     n = len(g)
@@ -203,7 +203,7 @@ def _ply_header(n: int, names) -> bytes:
 def ply_bytes(gaussians: Gaussians) -> bytes:
     """The Inria 3DGS binary little-endian PLY of `gaussians` (with zero normals, as 3DGS
     writes them), vectorised: one structured numpy array, no per-vertex Python."""
-    columns = _ply_columns(gaussians)
+    columns = ply_columns(gaussians)
     table = np.empty(len(gaussians), dtype=[(name, "<f4") for name, _ in columns])
     for name, values in columns:
         table[name] = values.detach().numpy()
@@ -212,7 +212,7 @@ def ply_bytes(gaussians: Gaussians) -> bytes:
 
 def ply_size(gaussians: Gaussians) -> int:
     """Bytes of `ply_bytes(gaussians)`, without building it."""
-    names = [name for name, _ in _ply_columns(gaussians.subset(slice(0, 0)))]
+    names = [name for name, _ in ply_columns(gaussians.subset(slice(0, 0)))]
     return len(_ply_header(len(gaussians), names)) + 4 * len(names) * len(gaussians)
 
 

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and camera construction."""
+"""Small shared helpers: atomic file writes, PNG encoding and camera construction."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def png_bytes(array) -> bytes:
+    """An image array [H, W, 3] uint8 as PNG file bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def look_at_viewmats(n_views: int, radius: float, elevation_deg: float, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
