@@ -153,7 +153,7 @@ class Bench:
     its images and the teacher's renders), its train split feeds importance and NeuralGS.
     Without it, the teacher's renders (--views) are the dataset and the only reference."""
     methods: Tuple[str, ...] = DEFAULT_METHODS
-    """Which to run, in order: ply, ply-fp16, spz, prune-40, prune-66, png-gsplat,
+    """Which to run, in order: ply, ply-fp16, spz, spz-gsply, prune-40, prune-66, png-gsplat,
     neuralgs-small, neuralgs, neuralgs-large (the default is all but neuralgs-large)."""
     preset: Literal["auto", "neuralgs", "cpu"] = "auto"
     """NeuralGS preset: 'neuralgs' (paper settings, for GPUs), 'cpu', 'auto' (by device)."""
