@@ -156,8 +156,11 @@ def _encode_spz_gsply(bench: "_Bench", path: Path) -> None:
         ("means", g.means), ("scales", g.scales), ("quats", torch.nn.functional.normalize(g.quats, dim=-1)),
         ("opacities", g.opacities[:, 0]), ("sh0", g.features_dc), ("shN", g.features_rest))})
     tmp = path.with_name(f".{path.name}.tmp")
-    gsply.write_spz(str(tmp), data)
-    os.replace(tmp, path)
+    try:
+        gsply.write_spz(str(tmp), data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
 
 
 def read_spz_gsply(path: Path) -> Gaussians:
