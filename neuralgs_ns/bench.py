@@ -526,38 +526,23 @@ def _train_cameras(data: Path, device: str) -> List[View]:
              int(cameras.width[i].item()), int(cameras.height[i].item())) for i in range(len(cameras))]
 
 
-def _dataset_frame(teacher_path: Path, teacher: Gaussians, data: Path, views: List[View], images: List[Tensor],
-                   device: str) -> Tuple[Callable[[Gaussians], Gaussians], str]:
-    """How to move the stored teacher into the dataset's frame, as NeuralGS's own check does: a
-    .ply from the original capture frame is moved by the dataparser's transform when that
-    matches the held-out images better. Raises NeuralGSError when neither beats an empty
-    render by NeuralGS's margin (the wrong dataset, say): before any long work."""
-    from neuralgs_ns.compress.pipeline_run import dataparser_for, psnr
-    from neuralgs_ns.gaussians import transform_gaussians
+def _dataset_frame(teacher_path: Path, teacher: Gaussians, data: Path, views: List[View], images: List[Tensor]
+                   ) -> Tuple[Callable[[Gaussians], Gaussians], str]:
+    """How to move the stored teacher into the dataset's frame, checked as NeuralGS checks it
+    (`check_teacher_frame`) on the held-out views. Raises NeuralGSError when no frame beats an
+    empty render by NeuralGS's margin (the wrong dataset, say): before any long work."""
+    from neuralgs_ns.compress.pipeline_run import check_teacher_frame, dataparser_for, frame_check_indices
     from neuralgs_ns.models.neuralgs import NeuralGSModelConfig
 
     outputs = dataparser_for(data).setup().get_dataparser_outputs("train")
-    transform, scale = outputs.dataparser_transform.float(), float(outputs.dataparser_scale)
-    candidates = {"as stored": _identity}
-    if teacher_path.suffix.lower() == ".ply" and not (torch.allclose(transform, torch.eye(3, 4)) and scale == 1.0):
-        candidates["moved by the dataparser transform"] = partial(transform_gaussians, transform=transform, scale=scale)
-    idx = np.linspace(0, len(views) - 1, min(NeuralGSModelConfig.frame_check_views, len(views))).round().astype(int)
-    white = torch.ones(1, 3, device=device)
-
-    def mean_psnr(g: Gaussians) -> float:
-        g = g.to(device)
-        with torch.no_grad():
-            return float(np.mean([psnr(g.render(views[i][0][None], views[i][1][None], views[i][2], views[i][3],
-                                                backgrounds=white)[0][0].clamp(0, 1).cpu(), images[i]) for i in idx]))
-
-    scores = {name: mean_psnr(move(teacher)) for name, move in candidates.items()}
-    empty = float(np.mean([psnr(torch.ones_like(images[i]), images[i]) for i in idx]))
-    best = max(scores, key=scores.get)
-    summary = ", ".join(f"{name}: {value:.1f} dB" for name, value in scores.items()) + f", empty render: {empty:.1f} dB"
-    if scores[best] < empty + NeuralGSModelConfig.frame_check_margin_db:
+    idx = frame_check_indices(len(views), NeuralGSModelConfig.frame_check_views)
+    frame = check_teacher_frame(teacher, teacher_path.suffix.lower() == ".ply", outputs.dataparser_transform,
+                                float(outputs.dataparser_scale), [views[i] for i in idx], [images[i] for i in idx],
+                                NeuralGSModelConfig.frame_check_margin_db)
+    if not frame.fits:
         raise NeuralGSError(f"{teacher_path}: teacher does not match {data} (PSNR on {len(idx)} held-out views: "
-                            f"{summary})")
-    return candidates[best], f"teacher frame: {best} ({summary})"
+                            f"{frame.summary})")
+    return frame.move or _identity, f"teacher frame: {frame.choice} ({frame.summary})"
 
 
 def _machine(device: str) -> dict:
@@ -647,7 +632,7 @@ def run_bench(teacher: Path, output_dir: Path, data: Optional[Path] = None,
     if data is None:
         to_dataset_frame = _identity
     else:
-        to_dataset_frame, frame_note = _dataset_frame(teacher, teacher_gaussians, data, cameras, images, device)
+        to_dataset_frame, frame_note = _dataset_frame(teacher, teacher_gaussians, data, cameras, images)
         notes.append(frame_note)
     del held_out
 

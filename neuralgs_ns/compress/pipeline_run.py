@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -119,6 +119,55 @@ def render_teacher_dataset(teacher: Gaussians, output_dir: Path, views: TeacherV
 def psnr(image: Tensor, gt: Tensor) -> float:
     """PSNR in dB of images in [0, 1]."""
     return float(-10 * torch.log10(((image - gt) ** 2).mean().clamp_min(1e-10)))
+
+
+@dataclass
+class TeacherFrame:
+    """Where a teacher sits relative to a dataset (`check_teacher_frame`)."""
+
+    move: Optional[Callable[[Gaussians], Gaussians]]
+    """Moves stored Gaussians into the dataset's frame; None: they are in it already."""
+    choice: str
+    summary: str
+    """Mean PSNR of each candidate frame and of an empty render."""
+    fits: bool
+    """The chosen frame beats the empty render by the margin (else: the wrong dataset?)."""
+
+
+def check_teacher_frame(teacher: Gaussians, is_ply: bool, transform: Tensor, scale: float,
+                        views: Sequence[Tuple[Tensor, Tensor, int, int]], images: Sequence[Tensor],
+                        margin_db: float) -> TeacherFrame:
+    """Which frame `teacher` is in, judged on `views` (viewmat, K, width, height) against
+    `images` [H, W, 3] on white: as stored, or, for a .ply from the original capture frame,
+    moved by the dataparser's `transform` [3, 4] and `scale`. The NeuralGS model and the bench
+    both check their teacher this way before any long work."""
+    from functools import partial
+
+    from neuralgs_ns.gaussians import transform_gaussians
+
+    device = views[0][0].device
+    white = torch.ones(1, 3, device=device)
+    transform = transform.to(teacher.means.device).float()
+    candidates: Dict[str, Optional[Callable[[Gaussians], Gaussians]]] = {"as stored": None}
+    if is_ply and not (torch.allclose(transform, torch.eye(3, 4, device=transform.device)) and scale == 1.0):
+        candidates["moved by the dataparser transform"] = partial(transform_gaussians, transform=transform, scale=scale)
+
+    def mean_psnr(g: Gaussians) -> float:
+        g = g.to(device)
+        with torch.no_grad():
+            return float(np.mean([psnr(g.render(viewmat[None], K[None], w, h, backgrounds=white)[0][0].clamp(0, 1),
+                                       image.to(device)) for (viewmat, K, w, h), image in zip(views, images)]))
+
+    scores = {name: mean_psnr(teacher if move is None else move(teacher)) for name, move in candidates.items()}
+    empty = float(np.mean([psnr(torch.ones_like(image), image) for image in images]))
+    best = max(scores, key=scores.get)
+    summary = ", ".join(f"{name}: {value:.1f} dB" for name, value in scores.items()) + f", empty render: {empty:.1f} dB"
+    return TeacherFrame(candidates[best], best, summary, scores[best] >= empty + margin_db)
+
+
+def frame_check_indices(n_views: int, n_checked: int) -> List[int]:
+    """`n_checked` views spread evenly over `n_views` (the frame check's sample)."""
+    return np.linspace(0, n_views - 1, min(n_checked, n_views)).round().astype(int).tolist()
 
 
 def dataset_views(data: Path, split: str) -> List[tuple]:

@@ -32,7 +32,7 @@ from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_g
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.errors import NeuralGSError
-from neuralgs_ns.gaussians import SH_C0, Gaussians, load_teacher, transform_gaussians
+from neuralgs_ns.gaussians import SH_C0, Gaussians, load_teacher
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig, get_viewmat
 from neuralgs_ns.progress import StageTimer, progress_bar
 
@@ -234,38 +234,23 @@ class NeuralGSModel(PortableSplatfactoModel):
     def _teacher_in_dataset_frame(self, teacher: Gaussians, views, datamanager) -> Gaussians:
         """The teacher, checked against a few training images; a .ply from the original
         capture frame is moved by the dataparser's transform when that fits better."""
-        from neuralgs_ns.compress.pipeline_run import psnr
+        from neuralgs_ns.compress.pipeline_run import check_teacher_frame, frame_check_indices
 
         cfg = self.config
-        idx = torch.linspace(0, len(views) - 1, min(cfg.frame_check_views, len(views))).round().long().tolist()
-        white = torch.ones(1, 3, device=self.device)
-
-        targets = [self.composite_with_background(self.get_gt_img(datamanager.cached_train[i]["image"]), white[0])
+        idx = frame_check_indices(len(views), cfg.frame_check_views)
+        white = torch.ones(3, device=self.device)
+        targets = [self.composite_with_background(self.get_gt_img(datamanager.cached_train[i]["image"]), white)
                    for i in idx]
-
-        def mean_psnr(g: Gaussians) -> float:
-            values = []
-            for i, gt in zip(idx, targets):
-                viewmat, K, w, h = views[i]
-                values.append(psnr(g.render(viewmat[None], K[None], w, h, backgrounds=white)[0][0].clamp(0, 1), gt))
-            return sum(values) / len(values)
-
-        empty = sum(psnr(torch.ones_like(gt), gt) for gt in targets) / len(targets)
-        candidates = {"as stored": teacher}
         outputs = datamanager.train_dataparser_outputs
-        transform, scale = outputs.dataparser_transform.to(self.device), float(outputs.dataparser_scale)
-        identity = torch.eye(3, 4, device=self.device)
-        if str(cfg.teacher).lower().endswith(".ply") and not (torch.allclose(transform, identity) and scale == 1.0):
-            candidates["moved by the dataparser transform"] = transform_gaussians(teacher, transform, scale)
-        scores = {name: mean_psnr(g) for name, g in candidates.items()}
-        best = max(scores, key=scores.get)
-        summary = ", ".join(f"{name}: {value:.1f} dB" for name, value in scores.items())
-        summary += f", empty render: {empty:.1f} dB"
-        if scores[best] < empty + cfg.frame_check_margin_db:
+        frame = check_teacher_frame(teacher, str(cfg.teacher).lower().endswith(".ply"), outputs.dataparser_transform,
+                                    float(outputs.dataparser_scale), [views[i] for i in idx], targets,
+                                    cfg.frame_check_margin_db)
+        if not frame.fits:
             raise TeacherError(f"{cfg.teacher}: teacher does not match the dataset's frame (PSNR on {len(idx)} "
-                               f"training views: {summary}; need {cfg.frame_check_margin_db} dB over the empty render)")
-        CONSOLE.log(f"teacher frame check on {len(idx)} training views: {summary}")
-        return candidates[best]
+                               f"training views: {frame.summary}; need {cfg.frame_check_margin_db} dB over the "
+                               f"empty render)")
+        CONSOLE.log(f"teacher frame check on {len(idx)} training views: {frame.summary}")
+        return teacher if frame.move is None else frame.move(teacher)
 
     # --- decoding ------------------------------------------------------------------------
 
