@@ -202,6 +202,8 @@ def test_neuralgs_rate_point(run):
     assert row["bytes"] < results["teacher_ply_bytes"]
     assert row["gaussians"] == N - round(0.4 * N)  # NeuralGS prunes 40% before fitting
     assert math.isfinite(row["psnr_teacher"]) and row["encode_seconds"] > row["decode_seconds"]
+    # nerfstudio's run folder is named after the teacher and the rate point, whatever the model options
+    assert [p.name for p in (out / "runs").iterdir() if (p / "neuralgs").is_dir()] == ["teacher-neuralgs-small"]
     assert bench.rate_point_options(2.0, "cpu", "cpu") == {"target_cluster_size": 10000, "min_clusters": 6}
     assert bench.rate_point_options(0.5, "cpu", "cpu") == {"target_cluster_size": 2500, "min_clusters": 24}
 

@@ -205,10 +205,10 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     config.pipeline.datamanager.data = targets
     config.pipeline.model.teacher = teacher
     config.pipeline.model.fit_iterations = fit_iterations
-    for name, value in (model_options or {}).items():
-        if not hasattr(config.pipeline.model, name):
-            raise NeuralGSError(f"unknown NeuralGS model option {name!r}")
-        setattr(config.pipeline.model, name, value)
+    for option, value in (model_options or {}).items():
+        if not hasattr(config.pipeline.model, option):
+            raise NeuralGSError(f"unknown NeuralGS model option {option!r}")
+        setattr(config.pipeline.model, option, value)
     if fine_tune_iterations is not None:
         set_fine_tune_iterations(config, fine_tune_iterations)
     config.output_dir = run_dir
