@@ -15,16 +15,13 @@ from test_portable_splatfacto import trained_run, write_blender_scene  # noqa: F
 @pytest.fixture(scope="module")
 def compressed(trained_run, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("neuralgs")
-    losses, int8_steps, decoded = [], [], []
+    losses, int8_steps = [], []
     original = NeuralGSModel.get_loss_dict
 
     def recording(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         losses.append(float(out["main_loss"]))
         int8_steps.append(self.field.int8_active)
-        with torch.no_grad():  # the normalised attributes before this step's update
-            decoded[1:] = decoded[1:2]  # keep the first two steps' and the latest
-            decoded.append(self.field.decode(self.positions, self.labels))
         return out
 
     with pytest.MonkeyPatch.context() as mp:
@@ -36,7 +33,7 @@ def compressed(trained_run, tmp_path_factory):  # noqa: F811
     assert code == 0
     run_dir = next((root / "runs").glob("*/neuralgs/*"))
     return dict(root=root, file=root / "scene.ngs", run_dir=run_dir, losses=losses, int8_steps=int8_steps,
-                decoded=decoded, teacher=trained_run["model"])
+                teacher=trained_run["model"])
 
 
 def test_compress_writes_a_smaller_scene(compressed):
@@ -50,16 +47,6 @@ def test_fine_tuning_lowers_the_photometric_loss(compressed):
     losses = compressed["losses"]
     assert len(losses) == 40
     assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8
-
-
-def test_fine_tuning_eases_in_from_the_fitted_mlps(compressed):
-    # Adam moves every weight by about the learning rate on its first step, whatever its
-    # gradient: at full rate that undid stage C's fit (27.6 -> 20-24 dB on a 50k .ply). With
-    # the warmup the first step moves the attributes by a sliver of what the whole run does.
-    start, after_one_step, last = compressed["decoded"]
-    first = (after_one_step - start).square().mean().sqrt()
-    total = (last - start).square().mean().sqrt()
-    assert total > 0 and first < 0.01 * total
 
 
 def test_int8_weights_are_trained_over_the_last_fifth_of_fine_tuning(compressed):
