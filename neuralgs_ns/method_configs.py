@@ -100,7 +100,7 @@ def neuralgs_trainer(preset: str = "auto") -> TrainerConfig:
         # 27.10), while on the 50k .ply, whose stage C fit is already close, 1e-3 raises the
         # training loss by half in the first 100 steps and ends by seed at 30.39 or 27.75 dB
         # (warmed-up constant 1e-4: 30.66 and 31.07 dB). A 50-step warmup into this schedule
-        # gave lego 28.01 dB but the 50k .ply 28.97 and 28.89 dB.
+        # gave lego 28.01 and 27.37 dB, the 50k .ply 28.97 and 28.89 dB.
         "field": {
             "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4),
