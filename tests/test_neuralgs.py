@@ -20,8 +20,9 @@ def compressed(trained_run, tmp_path_factory):  # noqa: F811
 
     def recording(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        losses.append(float(out["main_loss"]))
-        int8_steps.append(self.field.int8_active)
+        if torch.is_grad_enabled():  # a training step (not the guard's reference renders)
+            losses.append(float(out["main_loss"]))
+            int8_steps.append(self.field.int8_active)
         return out
 
     with pytest.MonkeyPatch.context() as mp:

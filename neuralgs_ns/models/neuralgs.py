@@ -29,6 +29,7 @@ from neuralgs_ns.codec.quantize import POSITION_BITS, quantize_positions, snap_p
 from neuralgs_ns.compress.clustering import NormalizationTable, attribute_matrix, cluster_count, kmeans_clusters
 from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_gaussians, field_from_state_dict,
                                         fit_field)
+from neuralgs_ns.compress.guard import FineTuneGuard
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.errors import NeuralGSError
@@ -120,6 +121,10 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """Initial learning rate of stage C (decays to 1% of it)."""
     loss: NeuralGSLossConfig = field(default_factory=NeuralGSLossConfig)
     """Stage D's fine-tuning loss."""
+    fine_tune_guard: bool = True
+    """Restart stage D from the stage C fit at a 10x smaller learning rate (at most twice) when
+    its first steps raise the training loss above the fit's (`compress.guard`). Costs one render
+    of each training view after stage C."""
     frame_check_views: int = 4
     """Training views the teacher is rendered at to check it sits in the dataset's frame."""
     frame_check_margin_db: float = 2.0
@@ -164,6 +169,9 @@ class NeuralGSModel(PortableSplatfactoModel):
         self._field_version = 0  # bumped after every optimiser step
         self._decoded: Optional[Gaussians] = None
         self._decoded_version = -1
+        self.guard: Optional[FineTuneGuard] = None  # set after stage C (not on resume)
+        self._guard_snapshot: Optional[Dict[str, Tensor]] = None  # the stage C weights
+        self._last_step_loss: Optional[tuple] = None  # (training view, loss) of the current step
 
     # --- stages A-C ----------------------------------------------------------------------
 
@@ -222,7 +230,27 @@ class NeuralGSModel(PortableSplatfactoModel):
         self.field = mlp
         self.config.sh_degree = teacher.sh_degree
         self._field_version += 1
+        if cfg.fine_tune_guard:
+            with timer.stage("Stage C: loss per view"):
+                self._arm_guard(datamanager)
         self.stage_seconds.update(timer.seconds)
+
+    @torch.no_grad()
+    def _arm_guard(self, datamanager) -> None:
+        """Renders every training view with the stage C fit: the guard's reference losses."""
+        cameras = datamanager.train_dataset.cameras
+        losses, psnrs = [], []
+        with progress_bar("stage C loss per training view", len(cameras)) as advance:
+            for i in range(len(cameras)):
+                batch = dict(datamanager.cached_train[i])
+                batch["image"] = batch["image"].to(self.device)
+                outputs = self.get_outputs(cameras[i : i + 1].to(self.device))
+                losses.append(float(self.get_loss_dict(outputs, batch)["main_loss"]))
+                psnrs.append(float(self.get_metrics_dict(outputs, batch)["psnr"]))
+                advance()
+        self.guard = FineTuneGuard(torch.tensor(losses))
+        self._guard_snapshot = {k: v.detach().clone() for k, v in self.field.state_dict().items()}
+        CONSOLE.log(f"stage C fit: {sum(psnrs) / len(psnrs):.2f} dB on the training views")
 
     def _view(self, camera: Cameras):
         """(viewmat [4, 4], K [3, 3], width, height) of a one-camera `Cameras`."""
@@ -341,8 +369,32 @@ class NeuralGSModel(PortableSplatfactoModel):
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], select_precision),
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.step_cb,
                              args=[training_callback_attributes.optimizers]),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._guard_step,
+                             args=[training_callback_attributes.optimizers]),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], invalidate_cache),
         ]
+
+    def _guard_step(self, optimizers, step: int) -> None:
+        """After an optimiser step: feeds its loss to the guard, and when the guard says so
+        puts the stage C weights back and continues at a smaller learning rate."""
+        if self.guard is None or self._last_step_loss is None or optimizers is None:
+            return
+        view, loss = self._last_step_loss
+        self._last_step_loss = None
+        if not self.guard.update(view, loss):
+            if not self.guard.watching:
+                self.guard, self._guard_snapshot = None, None  # done: free the snapshot
+            return
+        self.field.load_state_dict(self._guard_snapshot)
+        optimizer = optimizers.optimizers["field"]
+        optimizer.state.clear()  # Adam's moments belong to the abandoned trajectory
+        for group in optimizer.param_groups:
+            group["lr"] *= self.guard.backoff
+        scheduler = optimizers.schedulers.get("field")
+        if scheduler is not None:  # the schedule continues, scaled
+            scheduler.base_lrs = [lr * self.guard.backoff for lr in scheduler.base_lrs]
+        CONSOLE.log(f"stage D step {step}: the training loss rose to {self.guard.last_trigger_ratio:.2f}x the stage C "
+                    f"fit's; restarting from the stage C fit at learning rate {optimizer.param_groups[0]['lr']:.1e}")
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
@@ -350,6 +402,8 @@ class NeuralGSModel(PortableSplatfactoModel):
         loss_dict = {"main_loss": terms["total"]}
         if self.training:
             self.camera_optimizer.get_loss_dict(loss_dict)
+            if self.guard is not None and torch.is_grad_enabled():
+                self._last_step_loss = (int(batch["image_idx"]), float(terms["total"]))
         return loss_dict
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:

@@ -1,0 +1,68 @@
+"""Stage D's step-size guard: restart fine-tuning at a smaller learning rate when its first
+steps make the scene worse than the stage C fit it started from.
+
+Why: no single learning rate suits every scene. Where stage C is far from the targets
+(lego-200, 19.9 dB) the steps must be large (1e-3); where stage C is already close (the 50k
+.ply, 27.6 dB) the same steps undo the fit (one Adam step at 1e-3 cost 3-7 dB there, and the
+run ended anywhere between 27.8 and 30.4 dB by seed) while 1e-4 reached 30.7-31.1 dB. The
+guard tells the two apart from the training loss itself.
+
+Each step's loss is divided by the loss the stage C fit had on the same view: views differ
+in difficulty by tens of percent, so raw losses of different views cannot be compared. When
+an exponential moving average of that ratio climbs above `ratio_limit` within `window` steps
+of a (re)start, the steps are too large for this scene: the caller puts the stage C weights
+back, clears the optimiser's moments and scales the learning rate by `backoff`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class FineTuneGuard:
+    view_losses: Tensor
+    """[n_views] the stage C fit's loss on each training view."""
+    ratio_limit: float = 1.1
+    """Restart when the smoothed loss ratio to stage C exceeds this."""
+    window: int = 200
+    """Steps after each (re)start during which the guard watches."""
+    max_restarts: int = 2
+    """Restarts at most (learning rate divided by at most 1/backoff^max_restarts)."""
+    backoff: float = 0.1
+    """Learning-rate factor of each restart."""
+    smoothing: float = 0.9
+    """Weight of the past in the moving average."""
+    min_steps: int = 10
+    """Steps averaged before the guard may trigger: a single hard view must not."""
+    restarts: int = field(default=0, init=False)
+    steps: int = field(default=0, init=False)  # since the last (re)start
+    ratio: float = field(default=1.0, init=False)  # smoothed
+    last_trigger_ratio: float = field(default=float("nan"), init=False)
+
+    def __post_init__(self) -> None:
+        self.view_losses = self.view_losses.detach().float().cpu()
+        if self.view_losses.dim() != 1 or not bool(torch.all(self.view_losses > 0)):
+            raise ValueError("the guard needs a positive stage C loss for every training view")
+
+    @property
+    def watching(self) -> bool:
+        return self.restarts < self.max_restarts and self.steps < self.window
+
+    def update(self, view: int, loss: float) -> bool:
+        """Records one step's loss on training view `view`; True when fine-tuning should
+        restart from the stage C fit (the guard then starts a new window)."""
+        if not self.watching:
+            return False
+        ratio = loss / float(self.view_losses[view])
+        self.ratio = ratio if self.steps == 0 else self.smoothing * self.ratio + (1 - self.smoothing) * ratio
+        self.steps += 1
+        # Written so that a NaN loss restarts too.
+        if self.steps >= self.min_steps and not self.ratio <= self.ratio_limit:
+            self.restarts += 1
+            self.last_trigger_ratio, self.steps, self.ratio = self.ratio, 0, 1.0
+            return True
+        return False

@@ -1,0 +1,105 @@
+"""Stage D's step-size guard (`neuralgs_ns.compress.guard`): its decision rule on made-up
+loss sequences, and in a real fine-tuning run with a learning rate far too large."""
+
+import math
+
+import pytest
+import torch
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+
+from neuralgs_ns.compress.guard import FineTuneGuard
+from neuralgs_ns.compress.run import compress
+from test_portable_splatfacto import trained_run, write_blender_scene  # noqa: F401 (fixture)
+
+VIEW_LOSSES = torch.tensor([0.02, 0.05, 0.03, 0.08])  # views of very different difficulty
+
+
+def feed(guard, factors):
+    """Steps cycling over the views, each at `factor` x its stage C loss; the steps that restarted."""
+    return [i for i, factor in enumerate(factors)
+            if guard.update(i % len(VIEW_LOSSES), factor * float(VIEW_LOSSES[i % len(VIEW_LOSSES)]))]
+
+
+def test_a_run_at_the_stage_c_level_never_restarts_however_different_its_views():
+    guard = FineTuneGuard(VIEW_LOSSES, window=50)
+    assert feed(guard, [1.05] * 60) == []
+    assert not guard.watching  # the window has passed: the snapshot can go
+
+
+def test_a_falling_loss_never_restarts():
+    guard = FineTuneGuard(VIEW_LOSSES)
+    assert feed(guard, [1.0 - 0.004 * i for i in range(200)]) == []
+
+
+def test_a_rising_loss_restarts_after_the_averaging_steps_then_watches_a_new_window():
+    guard = FineTuneGuard(VIEW_LOSSES, min_steps=10)
+    restarts = feed(guard, [1.5] * 30)
+    assert restarts == [9, 19]  # the 10th step of each window
+    assert guard.restarts == 2 and not guard.watching  # at most max_restarts
+    assert guard.last_trigger_ratio > 1.1
+
+
+def test_one_bad_step_among_good_ones_does_not_restart():
+    guard = FineTuneGuard(VIEW_LOSSES)
+    assert feed(guard, [0.9] * 20 + [2.0] + [0.9] * 20) == []
+
+
+def test_a_nan_loss_restarts():
+    guard = FineTuneGuard(VIEW_LOSSES, min_steps=3)
+    assert feed(guard, [1.0, 1.0, math.nan]) == [2]
+
+
+def test_every_view_needs_a_positive_reference_loss():
+    with pytest.raises(ValueError):
+        FineTuneGuard(torch.tensor([0.1, 0.0]))
+
+
+def _fine_tune(trained_run, tmp_path, lr, guard):  # noqa: F811
+    """A tiny compress run with stage D at learning rate `lr`: (training losses, guard ratios
+    as (ratio fed, restarted)), recorded as the run goes."""
+    import neuralgs_ns.method_configs as method_configs
+    from neuralgs_ns.models.neuralgs import NeuralGSModel
+
+    make_trainer = method_configs.neuralgs_trainer
+
+    def with_lr(preset="auto"):
+        config = make_trainer(preset)
+        config.optimizers["field"]["optimizer"] = AdamOptimizerConfig(lr=lr, eps=1e-15)
+        config.optimizers["field"]["scheduler"].lr_final = lr
+        return config
+
+    losses, ratios = [], []
+    original_update, original_loss = FineTuneGuard.update, NeuralGSModel.get_loss_dict
+
+    def update(self, view, loss):
+        restarted = original_update(self, view, loss)
+        ratios.append((loss / float(self.view_losses[view]), restarted))
+        return restarted
+
+    def loss_dict(self, *args, **kwargs):
+        out = original_loss(self, *args, **kwargs)
+        if torch.is_grad_enabled():
+            losses.append(float(out["main_loss"]))
+        return out
+
+    tmp_path.mkdir()
+    data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(method_configs, "neuralgs_trainer", with_lr)
+        mp.setattr(FineTuneGuard, "update", update)
+        mp.setattr(NeuralGSModel, "get_loss_dict", loss_dict)
+        compress(trained_run["checkpoint"], tmp_path / "s.ngs", data=data, preset="cpu", device="cpu",
+                 fit_iterations=200, fine_tune_iterations=40, run_dir=tmp_path / "runs",
+                 model_options={"fine_tune_guard": guard})
+    return losses, ratios
+
+
+def test_a_learning_rate_far_too_large_restarts_from_the_stage_c_fit(trained_run, tmp_path):  # noqa: F811
+    losses, ratios = _fine_tune(trained_run, tmp_path / "guarded", lr=0.3, guard=True)
+    restarts = [i for i, (_, restarted) in enumerate(ratios) if restarted]
+    assert restarts, "the guard never restarted"
+    # The step after a restart runs on the stage C weights again, so its loss is the
+    # reference loss of its view, exactly (the same renderer, weights and precision).
+    assert ratios[restarts[0] + 1][0] == pytest.approx(1.0, abs=1e-6)
+    unguarded, _ = _fine_tune(trained_run, tmp_path / "unguarded", lr=0.3, guard=False)
+    assert sum(losses[-8:]) < sum(unguarded[-8:])
