@@ -13,7 +13,6 @@ from typing import Literal, Optional, Tuple
 import tyro
 
 from neuralgs_ns.bench import DEFAULT_METHODS
-from neuralgs_ns.codec.quantize import POSITION_BITS
 from neuralgs_ns.compress.pipeline_run import TeacherViews
 from neuralgs_ns.demo import DemoBudget
 from neuralgs_ns.errors import NeuralGSError
@@ -74,16 +73,17 @@ class Compress:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto is CUDA when present."""
     fine_tune_iterations: Optional[int] = None
-    """Stage D steps (default: the preset's)."""
+    """Stage D steps (default: the preset's; with the cpu preset up to twice that for scenes
+    under 60k Gaussians after pruning)."""
     fit_iterations: Optional[int] = None
     """Stage C steps (default: the preset's)."""
     run_dir: Path = Path("neuralgs-runs")
     """Where nerfstudio keeps the run (config.yml, checkpoint, logs) for ns-viewer / ns-eval."""
     views: TeacherViews = field(default_factory=TeacherViews)
     """Virtual cameras when there is no --data."""
-    position_bits: int = POSITION_BITS
+    position_bits: Optional[int] = None
     """Grid resolution per axis of the stored positions (1-16); each bit costs about 3 bits
-    per Gaussian."""
+    per Gaussian. Default: the coarsest grid the teacher's renders barely notice (10-16)."""
     weight_precision: Literal["int8", "float16"] = "int8"
     """How the MLP weights are stored; fine-tuning trains the stored values either way."""
 

@@ -90,7 +90,7 @@ def _fine_tune(trained_run, tmp_path, lr, guard):  # noqa: F811
         mp.setattr(NeuralGSModel, "get_loss_dict", loss_dict)
         compress(trained_run["checkpoint"], tmp_path / "s.ngs", data=data, preset="cpu", device="cpu",
                  fit_iterations=200, fine_tune_iterations=40, run_dir=tmp_path / "runs",
-                 model_options={"fine_tune_guard": guard})
+                 model_options={"fine_tune_guard": guard, "field_width": 64})
     return losses, ratios
 
 

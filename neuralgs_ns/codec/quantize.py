@@ -22,15 +22,15 @@ import torch
 from torch import Tensor
 
 POSITION_BITS = 13
-"""Default grid resolution per axis. Measured by re-evaluating trained CPU-preset models with
-their positions moved to coarser grids (val PSNR change against 16 bits):
-  lego-200 (a 12.9-unit bounding box, 20 val views): 14 bits -0.002 dB, 13 bits -0.009 dB,
-    12 bits -0.077 dB, 11 bits -0.28 dB;
-  the 50k-Gaussian lego .ply (10.3 units, 16 views):  14 bits -0.002 dB, 13 bits -0.001 dB,
-    12 bits -0.008 dB.
+"""Grid resolution per axis where none is given; the model chooses one per scene by measuring
+the teacher's renders (`compress.rate.choose_position_bits`; lego-200 gets 13, the 50k .ply
+11). Trained CPU-preset models moved to other grids (val PSNR change):
+  lego-200 (a 12.9-unit bounding box, 20 val views), against 16 bits: 14 bits -0.002 dB,
+    13 bits -0.009 dB, 12 bits -0.077 dB, 11 bits -0.28 dB;
+  the 50k-Gaussian lego .ply (10.3 units, 16 views), against 13 bits: 12 bits -0.014 dB,
+    11 bits -0.078 dB, 10 bits -0.26 dB.
 Each bit costs about 3 bits per Gaussian after entropy coding (on lego 13 bits save 44 KB over
-14, 6%). Scenes whose bounding box is much larger than their detail (unbounded captures with
-far-away floaters) may want 14-16."""
+14, 6%)."""
 MAX_POSITION_BITS = 16  # Morton codes of 3 x 16 bits fit in an int64 with room to spare
 INT8_LEVELS = 127  # symmetric int8 codes in [-127, 127]
 

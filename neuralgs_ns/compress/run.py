@@ -167,7 +167,8 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
             `run_dir/<experiment>-views` and trains on those.
         preset: 'neuralgs', 'cpu' or 'auto' (by device).
         device: 'auto', 'cpu' or 'cuda'.
-        fine_tune_iterations, fit_iterations: stage D and stage C steps (None: the preset's).
+        fine_tune_iterations, fit_iterations: stage D and stage C steps (None: the preset's;
+            small scenes get more stage D steps with the cpu preset, `rate.fine_tune_steps`).
         run_dir: where nerfstudio keeps the run (config.yml, checkpoint, logs).
         views: virtual cameras when there is no `data`.
         experiment_name: the run's experiment name (default: the teacher's name).
@@ -177,18 +178,20 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     unreadable teacher, before any long work.
     """
     from neuralgs_ns.codec import CompressedScene
-    from neuralgs_ns.codec.quantize import MAX_POSITION_BITS, POSITION_BITS
+    from neuralgs_ns.codec.quantize import MAX_POSITION_BITS
+    from neuralgs_ns.compress.rate import fine_tune_steps
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
     from neuralgs_ns.gaussians import load_teacher, ply_size
     from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
+    from neuralgs_ns.models.neuralgs import resolve_preset
     from neuralgs_ns.progress import StageTimer
 
     start = time.perf_counter()
     teacher, output, run_dir = Path(teacher), Path(output), Path(run_dir)
     if not output.parent.is_dir():
         raise NeuralGSError(f"{output}: output folder {output.parent} does not exist")
-    bits = (model_options or {}).get("position_bits", POSITION_BITS)
-    if not 1 <= bits <= MAX_POSITION_BITS:
+    bits = (model_options or {}).get("position_bits")
+    if bits is not None and not 1 <= bits <= MAX_POSITION_BITS:
         raise NeuralGSError(f"position bits must be between 1 and {MAX_POSITION_BITS}, got {bits}")
     device = resolve_device(device)
     teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
@@ -209,6 +212,10 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         if not hasattr(config.pipeline.model, option):
             raise NeuralGSError(f"unknown NeuralGS model option {option!r}")
         setattr(config.pipeline.model, option, value)
+    if fine_tune_iterations is None and resolve_preset(preset, device) == "cpu":
+        model = config.pipeline.model
+        kept = len(teacher_gaussians) - round(model.prune_fraction * len(teacher_gaussians))
+        fine_tune_iterations = fine_tune_steps(config.max_num_iterations, kept)
     if fine_tune_iterations is not None:
         set_fine_tune_iterations(config, fine_tune_iterations)
     config.output_dir = run_dir

@@ -14,6 +14,7 @@ next optimiser step, so nerfstudio's viewer and `ns-export gaussian-splat` work 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Type
@@ -25,13 +26,14 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from neuralgs_ns.codec.quantize import POSITION_BITS, quantize_positions, snap_positions, storage_order
+from neuralgs_ns.codec.quantize import quantize_positions, snap_positions, storage_order
 from neuralgs_ns.compress.clustering import NormalizationTable, attribute_matrix, cluster_count, kmeans_clusters
 from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_gaussians, field_from_state_dict,
                                         fit_field)
 from neuralgs_ns.compress.guard import FineTuneGuard
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
+from neuralgs_ns.compress.rate import SNAP_PSNR_DB, capped_mlp_width, choose_position_bits
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.gaussians import SH_C0, Gaussians, load_teacher
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig, get_viewmat
@@ -39,10 +41,11 @@ from neuralgs_ns.progress import StageTimer, progress_bar
 
 PresetName = Literal["auto", "neuralgs", "cpu"]
 
-PRESETS: Dict[str, Dict[str, int]] = {
+PRESETS: Dict[str, Dict[str, float]] = {
     # The paper's settings (NEURALGS.md): for a GPU.
     "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, target_cluster_size=20000,
-                     min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000),
+                     min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000,
+                     max_mlp_bits_per_gaussian=math.inf),
     # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
     # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
@@ -50,9 +53,13 @@ PRESETS: Dict[str, Dict[str, int]] = {
     # step; on a 50k-Gaussian .ply, 12 clusters reached 30.3 dB where 6 reached 28.3 dB (after
     # 1500 steps with the fine-tune guard: 30.91 and 29.23 dB). Doubling the 1500 fine-tune
     # steps gained nothing on either (lego 27.83 -> 27.80 dB, 50k 30.31 -> 30.32 dB, before the
-    # guard). Mini-batches of 1024 Gaussians per cluster while fitting.
+    # guard). Mini-batches of 1024 Gaussians per cluster while fitting. On small scenes the
+    # MLPs would dominate the file (49 bits per Gaussian on a 30k-Gaussian scene), so their
+    # width is capped at 36 bits per Gaussian (`compress.rate`): the 50k .ply gets 4 x 48 MLPs,
+    # 194 KB and 30.68 dB with 11-bit positions and 3000 steps, against 280 KB and 30.86 dB.
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
-                fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500),
+                fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
+                max_mlp_bits_per_gaussian=36),
 }
 
 
@@ -97,7 +104,11 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     field_frequencies: Optional[int] = None
     """Positional-encoding octaves of each MLP (preset: paper 10, cpu 6)."""
     field_width: Optional[int] = None
-    """Hidden width of each MLP (preset: paper 128, cpu 64)."""
+    """Hidden width of each MLP (preset: paper 128, cpu 64, narrower where the cap below
+    requires). Set, it is used as given."""
+    max_mlp_bits_per_gaussian: Optional[float] = None
+    """Cap on the MLPs' share of the file, in bits per Gaussian, met by narrowing the MLPs of
+    small scenes in steps of 8 (preset: paper none, cpu 36; lego-200 needs 25)."""
     field_depth: Optional[int] = None
     """Linear layers per MLP (preset: paper 5, cpu 4)."""
     field_activation: Literal["tanh", "relu", "silu"] = "tanh"
@@ -111,9 +122,13 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     themselves (quantisation-aware); stage C and the steps before evaluate float16. Training
     int8 from the start lost 0.9 dB on the 50k .ply: updates smaller than a quantisation step
     only move the master weights, so the stored weights change in jumps."""
-    position_bits: int = POSITION_BITS
+    position_bits: Optional[int] = None
     """Grid resolution per axis of the stored positions (the bounding box split into 2^bits
-    steps); each bit costs about 3 bits per Gaussian in the file."""
+    steps); each bit costs about 3 bits per Gaussian in the file. None: the coarsest grid (10 to
+    16 bits) at which the pruned teacher, snapped to it, renders within position_snap_psnr_db
+    of its exact renders on 8 training views (lego-200: 13 bits, the 50k .ply: 11)."""
+    position_snap_psnr_db: float = SNAP_PSNR_DB
+    """See position_bits."""
     fit_iterations: Optional[int] = None
     """Adam steps of stage C, all clusters at once (preset: paper 60000, cpu 1500)."""
     fit_batch_per_cluster: Optional[int] = None
@@ -136,7 +151,7 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     background_color: Literal["random", "black", "white"] = "white"
     """Background of the renders and of RGBA ground truth."""
 
-    def preset_value(self, name: str, device: str) -> int:
+    def preset_value(self, name: str, device: str):
         value = getattr(self, name)
         return PRESETS[resolve_preset(self.preset, device)][name] if value is None else value
 
@@ -199,6 +214,16 @@ class NeuralGSModel(PortableSplatfactoModel):
             CONSOLE.log(f"pruned {int((~keep).sum())} of {keep.numel()} Gaussians ({cfg.prune_fraction:.0%})")
 
         with timer.stage("Stage B: clustering"):
+            bits = cfg.position_bits
+            if bits is None:
+                from neuralgs_ns.compress.pipeline_run import frame_check_indices
+
+                checked = [views[i] for i in frame_check_indices(len(views), 8)]
+                bits, measured = choose_position_bits(teacher, checked, cfg.position_snap_psnr_db)
+                coarser = f"; {bits - 1} bits: {measured[bits - 1]:.1f} dB" if bits - 1 in measured else ""
+                CONSOLE.log(f"position grid: {bits} bits per axis (the teacher snapped to it renders at "
+                            f"{measured[bits]:.1f} dB of its exact renders{coarser})")
+
             attributes = attribute_matrix(teacher)
             table = NormalizationTable.fit(attributes)
             normalized = table.normalize(attributes)
@@ -208,13 +233,18 @@ class NeuralGSModel(PortableSplatfactoModel):
             # Snapped to the file's position grid, so the MLPs fit the positions a decoder sees,
             # and put in the file's order (by cluster, then Morton order), so a decoded file
             # lists the Gaussians in the model's order.
-            positions, grid = snap_positions(teacher.means, cfg.position_bits)
-            order = storage_order(quantize_positions(positions, grid.to(device), cfg.position_bits), labels)
+            positions, grid = snap_positions(teacher.means, bits)
+            order = storage_order(quantize_positions(positions, grid.to(device), bits), labels)
             positions, labels, normalized, scores = positions[order], labels[order], normalized[order], scores[order]
             CONSOLE.log(f"{k} clusters, sizes {torch.bincount(labels, minlength=k).tolist()}")
 
         with timer.stage("Stage C: fit MLPs"):
             field_cfg = cfg.field_config(str(device))
+            if cfg.field_width is None:
+                field_cfg.width = capped_mlp_width(field_cfg.width, len(teacher), k,
+                                                   cfg.preset_value("max_mlp_bits_per_gaussian", str(device)),
+                                                   field_cfg.n_frequencies, field_cfg.depth, normalized.shape[1],
+                                                   field_cfg.weight_precision)
             mlp = ClusteredMLPField.from_points(field_cfg, positions, labels, normalized.shape[1],
                                                 n_clusters=k, seed=cfg.seed).to(device)
             mlp.int8_active = False  # until the last int8_fraction of fine-tuning
@@ -224,7 +254,7 @@ class NeuralGSModel(PortableSplatfactoModel):
                           iterations=iterations, lr=cfg.fit_lr, lr_final=cfg.fit_lr / 100,
                           batch_per_cluster=cfg.preset_value("fit_batch_per_cluster", str(device)),
                           seed=cfg.seed, progress=lambda step, loss: advance(info=f"loss {loss:.2e}"))
-            CONSOLE.log(f"{k} MLPs, {mlp.n_parameters()} parameters")
+            CONSOLE.log(f"{k} MLPs of {field_cfg.depth} x {field_cfg.width}, {mlp.n_parameters()} parameters")
 
         self.positions, self.labels, self.position_grid = positions.detach(), labels, grid.to(device)
         self.attribute_mins, self.attribute_maxs = table.mins.to(device), table.maxs.to(device)
