@@ -88,9 +88,10 @@ def _fine_tune(trained_run, tmp_path, lr, guard):  # noqa: F811
         mp.setattr(method_configs, "neuralgs_trainer", with_lr)
         mp.setattr(FineTuneGuard, "update", update)
         mp.setattr(NeuralGSModel, "get_loss_dict", loss_dict)
-        compress(trained_run["checkpoint"], tmp_path / "s.ngs", data=data, preset="cpu", device="cpu",
-                 fit_iterations=200, fine_tune_iterations=40, run_dir=tmp_path / "runs",
-                 model_options={"fine_tune_guard": guard, "field_width": 64})
+        report = compress(trained_run["checkpoint"], tmp_path / "s.ngs", data=data, preset="cpu", device="cpu",
+                          fit_iterations=200, fine_tune_iterations=40, run_dir=tmp_path / "runs",
+                          model_options={"fine_tune_guard": guard, "field_width": 64})
+    assert report.fine_tune_iterations == len(losses) == 40  # restarts do not add steps
     return losses, ratios
 
 

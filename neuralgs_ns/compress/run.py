@@ -45,6 +45,8 @@ class CompressReport:
     """Wall time of the whole call."""
     config_path: Path
     """The nerfstudio run's config.yml (for ns-viewer, ns-eval, ns-export)."""
+    fine_tune_iterations: int
+    """Stage D steps run (the preset's, or more for a small scene, unless set)."""
     metrics: Dict[str, float] = field(default_factory=dict)
     """Every averaged metric nerfstudio reported on the held-out views."""
 
@@ -64,6 +66,7 @@ class CompressReport:
             ("", "Gaussians", "size", ""),
             ("teacher", f"{self.teacher_gaussians:,}", format_bytes(self.teacher_ply_bytes), "3DGS PLY"),
             ("compressed", f"{self.compressed_gaussians:,}", format_bytes(self.compressed_bytes), str(self.output)),
+            ("", "", "", f"{self.fine_tune_iterations} fine-tune steps"),
             ("ratio", "", f"{self.ratio:.1f}x", ""),
         ]
         quality = f"SSIM {self.ssim:.4f}" + ("" if self.lpips is None else f", LPIPS {self.lpips:.4f}")
@@ -243,5 +246,6 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         compressed_bytes=n_bytes, psnr=metrics.get("psnr", math.nan), ssim=metrics.get("ssim", math.nan),
         lpips=metrics.get("lpips"), measured_against="dataset images" if data is not None else "teacher renders",
         eval_views=len(pipeline.datamanager.eval_dataset), stage_seconds=stages,
-        total_seconds=time.perf_counter() - start, config_path=config.get_base_dir() / "config.yml", metrics=metrics,
+        total_seconds=time.perf_counter() - start, config_path=config.get_base_dir() / "config.yml",
+        fine_tune_iterations=config.max_num_iterations, metrics=metrics,
     )
