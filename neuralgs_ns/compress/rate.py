@@ -39,10 +39,10 @@ scene's 3000 steps take about as long as 750 of lego-200's."""
 @torch.no_grad()
 def choose_position_bits(teacher: Gaussians, views: Sequence[Tuple], min_psnr_db: float = SNAP_PSNR_DB
                          ) -> Tuple[int, Dict[int, float]]:
-    """(the fewest grid bits per axis, from 10 to 16, at which the teacher rendered with its
-    positions snapped to the grid stays `min_psnr_db` or closer to its exact renders (mean
-    PSNR over `views`, each (viewmat [4, 4], K [3, 3], width, height)), the PSNR measured at
-    each bit count tried).
+    """(the fewest grid bits per axis, from 10 to 16, at which the teacher with its positions
+    snapped to the grid renders at `min_psnr_db` or more against its exact renders (mean PSNR
+    over `views`, each (viewmat [4, 4], K [3, 3], width, height)), the PSNR measured at each
+    bit count tried). 16 bits if none reaches it.
 
     Snapping moves a Gaussian by up to half a grid step; whether that shows depends on the
     Gaussians' sizes and the cameras' resolution, which these renders measure directly."""
