@@ -53,12 +53,17 @@ def importance_scores(gaussians: Gaussians, views: Iterable[View], beta: float =
     return total * volume_factor(gaussians, beta)
 
 
+def pruned_count(n: int, fraction: float) -> int:
+    """How many of `n` Gaussians `prune_mask` drops at `fraction`."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"prune fraction must be in [0, 1), got {fraction}")
+    return int(round(fraction * n))
+
+
 def prune_mask(scores: Tensor, fraction: float) -> Tensor:
     """Boolean keep-mask [N] that drops the `fraction` of Gaussians with the lowest scores
     (ties broken by index, so the count is exact)."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"prune fraction must be in [0, 1), got {fraction}")
-    n_drop = int(round(fraction * scores.shape[0]))
+    n_drop = pruned_count(scores.shape[0], fraction)
     keep = torch.ones_like(scores, dtype=torch.bool)
     if n_drop:
         keep[torch.argsort(scores, stable=True)[:n_drop]] = False

@@ -182,6 +182,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     """
     from neuralgs_ns.codec import CompressedScene
     from neuralgs_ns.codec.quantize import MAX_POSITION_BITS
+    from neuralgs_ns.compress.importance import pruned_count
     from neuralgs_ns.compress.rate import fine_tune_steps
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
     from neuralgs_ns.gaussians import load_teacher, ply_size
@@ -216,8 +217,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
             raise NeuralGSError(f"unknown NeuralGS model option {option!r}")
         setattr(config.pipeline.model, option, value)
     if fine_tune_iterations is None and resolve_preset(preset, device) == "cpu":
-        model = config.pipeline.model
-        kept = len(teacher_gaussians) - round(model.prune_fraction * len(teacher_gaussians))
+        kept = len(teacher_gaussians) - pruned_count(len(teacher_gaussians), config.pipeline.model.prune_fraction)
         fine_tune_iterations = fine_tune_steps(config.max_num_iterations, kept)
     if fine_tune_iterations is not None:
         set_fine_tune_iterations(config, fine_tune_iterations)
