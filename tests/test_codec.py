@@ -14,15 +14,18 @@ import torch
 from neuralgs_ns.cli import main as neuralgs_cli
 from neuralgs_ns.codec import FORMAT_VERSION, MAGIC, CompressedScene, read_info
 from neuralgs_ns.codec import positions as position_coder
-from neuralgs_ns.codec.quantize import morton_codes, morton_decode, quantize_positions, snap_positions, storage_order
+from neuralgs_ns.codec import residuals as residual_coder
+from neuralgs_ns.codec.quantize import (morton_codes, morton_decode, quantize_positions, round_to_residual_steps,
+                                        snap_positions, storage_order)
 from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig, decode_gaussians
 from neuralgs_ns.errors import InputFileError, NeuralGSError
 from neuralgs_ns.gaussians import PARAM_NAMES, read_ply
 
 
-def fake_model(sizes=(300, 150, 60, 1), bits=14, precision="int8", sh_degree=1, seed=0):
+def fake_model(sizes=(300, 150, 60, 1), bits=14, precision="int8", sh_degree=1, seed=0, residual_columns=(0, 2, 8)):
     """What `CompressedScene.from_model` reads of a trained NeuralGSModel: positions snapped
-    and in storage order, a field with trained-looking (perturbed) weights."""
+    and in storage order, a field with trained-looking (perturbed) weights, corrections of
+    `residual_columns` (the last one all zero: a column of one code)."""
     gen = torch.Generator().manual_seed(seed)
     n, k = sum(sizes), len(sizes)
     means = torch.randn(n, 3, generator=gen) * torch.tensor([1.0, 2.0, 0.5]) + 3.0
@@ -39,15 +42,21 @@ def fake_model(sizes=(300, 150, 60, 1), bits=14, precision="int8", sh_degree=1, 
             p.add_(torch.randn(p.shape, generator=gen) * 0.3)
     mins = -torch.rand(n_attributes, generator=gen) - 0.5
     config = SimpleNamespace(field_precision=precision, field_activation="tanh", sh_degree=sh_degree)
+    residuals = torch.randn(n, len(residual_columns), generator=gen) * 0.1
+    if residual_columns:
+        residuals[:, -1] = 0.004
     return SimpleNamespace(config=config, field=field, positions=positions, labels=labels, position_grid=grid,
-                           attribute_mins=mins, attribute_maxs=mins + 1 + torch.rand(n_attributes, generator=gen))
+                           attribute_mins=mins, attribute_maxs=mins + 1 + torch.rand(n_attributes, generator=gen),
+                           residual_columns=torch.tensor(residual_columns, dtype=torch.long),
+                           residual_steps=torch.linspace(0.01, 0.05, len(residual_columns)), residuals=residuals)
 
 
 def model_gaussians(model):
     """The model's own Gaussians: its field evaluated at its training precision."""
     with torch.no_grad():
         return decode_gaussians(model.field, model.positions, model.labels, model.attribute_mins,
-                                model.attribute_maxs, model.config.sh_degree)
+                                model.attribute_maxs, model.config.sh_degree, model.residual_columns,
+                                round_to_residual_steps(model.residuals, model.residual_steps))
 
 
 def assert_same_gaussians(a, b):
@@ -66,9 +75,10 @@ def valid_file(tmp_path_factory):
 # --- round trips -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("precision", ["int8", "float16"])
-@pytest.mark.parametrize("bits,sh_degree", [(14, 1), (16, 3), (9, 0)])
-def test_decoding_a_file_gives_the_models_gaussians_bit_for_bit(tmp_path, precision, bits, sh_degree):
-    model = fake_model(bits=bits, precision=precision, sh_degree=sh_degree)
+@pytest.mark.parametrize("bits,sh_degree,residual_columns", [(14, 1, (0, 2, 8)), (16, 3, ()), (9, 0, (1, 2, 3, 10))])
+def test_decoding_a_file_gives_the_models_gaussians_bit_for_bit(tmp_path, precision, bits, sh_degree,
+                                                                  residual_columns):
+    model = fake_model(bits=bits, precision=precision, sh_degree=sh_degree, residual_columns=residual_columns)
     size = CompressedScene.from_model(model).save(tmp_path / "s.ngs")
     assert size == (tmp_path / "s.ngs").stat().st_size and (tmp_path / "s.ngs").read_bytes().startswith(MAGIC)
     scene = CompressedScene.load(tmp_path / "s.ngs")
@@ -76,6 +86,58 @@ def test_decoding_a_file_gives_the_models_gaussians_bit_for_bit(tmp_path, precis
     assert_same_gaussians(scene.decode(), model_gaussians(model))
     # The decoded scene is what the file holds: writing it again gives the same bytes.
     assert scene.to_bytes() == (tmp_path / "s.ngs").read_bytes()
+
+
+def test_version_1_files_still_decode(tmp_path):
+    """A file of format 1 (no residual sections) is this file without RTAB, marked version 1."""
+    model = fake_model(residual_columns=())
+    data = CompressedScene.from_model(model).to_bytes()
+    sections = _sections(data)
+    rtab = next(s for s in sections if s[0] == "RTAB")
+    v1 = (data[:8] + struct.pack("<HH", 1, len(sections) - 1) + data[12 : rtab[1]] + data[rtab[2] + rtab[3] :])
+    (tmp_path / "v1.ngs").write_bytes(v1)
+    scene = CompressedScene.load(tmp_path / "v1.ngs")
+    assert scene.n_residual_columns == 0
+    assert_same_gaussians(scene.decode(), model_gaussians(model))
+
+
+def test_residual_codes_round_trip_and_cost_their_entropy():
+    rng = np.random.default_rng(3)
+    codes = np.round(rng.laplace(0, 1.5, (5000, 3))).astype(np.int64)
+    codes[:, 1] = -4  # one value: costs nothing
+    table = residual_coder.ResidualTable.fit(codes, [0, 5, 7], [0.02, 0.1, 0.05])
+    table = residual_coder.ResidualTable.from_bytes(table.to_bytes(), n_attributes=8)
+    blocks = [residual_coder.encode_cluster(codes[a:b], table) for a, b in ((0, 3000), (3000, 4999), (4999, 5000))]
+    back = np.concatenate([residual_coder.decode_cluster(block, b - a, table)
+                           for block, (a, b) in zip(blocks, ((0, 3000), (3000, 4999), (4999, 5000)))])
+    assert np.array_equal(back, codes)
+    # Laplace(1.5) rounded: about 2.6 bits a code; the stream is within 1% (+ framing) of that.
+    assert sum(map(len, blocks)) <= 1.01 * table.ideal_bits(codes) / 8 + 3 * 8
+    assert table.ideal_bits(codes) / 8 < 0.4 * codes.size  # far below a byte per code
+    with pytest.raises(ValueError):
+        residual_coder.ResidualTable.from_bytes(table.to_bytes(), n_attributes=6)  # column 7 does not exist
+    with pytest.raises(ValueError):
+        residual_coder.decode_cluster(blocks[0][:-4], 3000, table)
+
+
+@pytest.mark.parametrize("residual_columns", [(0, 2, 8), ()])
+def test_planned_bytes_match_the_written_file(tmp_path, residual_columns):
+    from neuralgs_ns.codec import planned_bytes
+    from neuralgs_ns.codec.weights import cluster_bytes_expected, layer_sizes
+
+    model = fake_model(residual_columns=residual_columns)
+    scene = CompressedScene.from_model(model)
+    size = scene.save(tmp_path / "s.ngs")
+    info = read_info(tmp_path / "s.ngs")
+    plan = planned_bytes(model.positions, model.labels, model.position_grid, 14, len(model.attribute_mins),
+                         cluster_bytes_expected(layer_sizes(scene.field_state), "int8"),
+                         None if scene.residual_codes is None else scene.residual_codes.numpy(), residual_columns,
+                         model.residual_steps.tolist())
+    assert plan["positions"] == info["sections"]["positions"]
+    assert plan["mlp_weights"] == info["sections"]["mlp_weights"]
+    written = info["sections"]["residuals"]
+    assert written <= plan["residuals"] <= written + 4 * scene.n_clusters  # at most a word over per cluster
+    assert sum(plan.values()) - plan["residuals"] == size - written
 
 
 def test_int8_weights_are_half_the_bytes_of_float16(tmp_path):
@@ -126,7 +188,8 @@ def test_first_k_clusters_decode_from_the_head_of_the_file(valid_file):
         assert head.n_clusters == k and len(head.positions) == n
         assert_same_gaussians(head.decode(), full.subset(torch.arange(n)))
     # Only the head is needed: cut the file right after cluster 1's sections.
-    cut = CompressedScene.from_bytes(data[: _section_ends(data)[2 * 2 + 4 - 1]], path, max_clusters=2)
+    # 5 tables, then 3 sections per cluster (positions, MLP, residuals).
+    cut = CompressedScene.from_bytes(data[: _section_ends(data)[5 + 2 * 3 - 1]], path, max_clusters=2)
     assert_same_gaussians(cut.decode(), full.subset(torch.arange(sum(sizes[:2]))))
 
 
@@ -166,7 +229,8 @@ def test_info_breaks_the_file_down_completely(valid_file, capsys):
     assert info["bits_per_gaussian"]["total"] == pytest.approx(8 * info["bytes"] / info["gaussians"])
     assert neuralgs_cli(["info", str(path)]) == 0
     table = capsys.readouterr().out
-    assert "positions" in table and "mlp_weights" in table and "bits/Gaussian" in table
+    assert "positions" in table and "mlp_weights" in table and "residuals" in table and "bits/Gaussian" in table
+    assert info["residual_columns"] == [0, 2, 8] and info["sections"]["residuals"] > 0
 
 
 # --- bad input -----------------------------------------------------------------------------

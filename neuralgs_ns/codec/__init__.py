@@ -11,12 +11,16 @@ Layout (little-endian throughout):
       NORM  the attribute normalisation table: mins [D], maxs [D] float32
       CLST  cluster sizes [K] u32, largest first
       PMOD  the position coder's exponent model (`positions.ExponentModel`)
+      RTAB  the residual table (`residuals.ResidualTable`; version 2 on, zero columns allowed)
       then, for each cluster k in order:
       CPOS  cluster k's positions (`positions.encode_cluster`)
       CMLP  cluster k's MLP (`weights.encode_cluster`)
+      CRES  cluster k's residual codes (`residuals.encode_cluster`), when RTAB has columns
 
-Nothing else is stored per Gaussian: its attributes come from its cluster's MLP, and the
-cluster boxes the MLPs normalise positions with are recomputed from the decoded positions.
+Besides its position, a Gaussian stores only the residual codes of the table's columns (none
+by default in the paper's method): its attributes come from its cluster's MLP plus those
+corrections, and the cluster boxes the MLPs normalise positions with are recomputed from the
+decoded positions. Version 1 files (no RTAB, no CRES) are read as well.
 Because each cluster's sections follow the tables, a reader can stop after any cluster and
 render what it has (`max_clusters`), e.g. while a file streams in.
 
@@ -31,35 +35,34 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from neuralgs_ns.codec import positions as position_coder
+from neuralgs_ns.codec import residuals as residual_coder
 from neuralgs_ns.codec import weights as weight_coder
-from neuralgs_ns.codec.quantize import MAX_POSITION_BITS, dequantize_positions, morton_codes, morton_decode, \
-    quantize_positions
+from neuralgs_ns.codec.quantize import (MAX_POSITION_BITS, dequantize_positions, dequantize_residuals, morton_codes,
+                                        morton_decode, quantize_positions, residual_codes)
+from neuralgs_ns.compress.clustering import attribute_count
 from neuralgs_ns.errors import InputFileError, NeuralGSError
 from neuralgs_ns.gaussians import Gaussians
 from neuralgs_ns.utils import atomic_write_bytes
 
 MAGIC = b"\x89NGS\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ACTIVATIONS = ("tanh", "relu", "silu")  # index = the format's code
 _PREAMBLE = struct.Struct("<8sHH")
 _SECTION = struct.Struct("<4sII")
+SECTION_FRAMING_BYTES = _SECTION.size  # tag, length and checksum before every section's payload
 # n_gaussians, n_clusters, sh_degree, position_bits, weight precision, activation, depth,
 # n_frequencies, width, attribute count, grid origin [3], grid step [3], bbox min [3], bbox max [3]
 _HEAD = struct.Struct("<IIBBBBBBHH12f")
 # A file must spend at least this many bits per Gaussian on average; a header claiming more
 # Gaussians is corrupt (checked before anything is allocated for them).
 _MIN_BITS_PER_GAUSSIAN = 0.5
-
-
-def _attribute_count(sh_degree: int) -> int:
-    return 11 + 3 * ((sh_degree + 1) ** 2 - 1)  # opacity, scales, quaternion, DC, SH rest
 
 
 @dataclass
@@ -77,6 +80,13 @@ class CompressedScene:
     field_activation: str
     weight_precision: str  # "float16" | "int8"
     sh_degree: int
+    residual_columns: Optional[Tensor] = None  # [C] int64 attribute columns with corrections (None: none)
+    residual_steps: Optional[Tensor] = None  # [C] float32
+    residual_codes: Optional[Tensor] = None  # [N, C] int64
+
+    @property
+    def n_residual_columns(self) -> int:
+        return 0 if self.residual_columns is None else int(self.residual_columns.numel())
 
     @property
     def n_clusters(self) -> int:
@@ -94,9 +104,12 @@ class CompressedScene:
         state = {k: weight_coder.stored_weights(v, precision) if k.startswith("weights.")
                  else v.half().float() if k.startswith("biases.") else v for k, v in state.items()}
         grid = model.position_grid.detach().cpu()
+        steps = model.residual_steps.detach().cpu().float()
         return cls(model.positions.detach().cpu(), model.labels.detach().cpu(), grid, _grid_bits(model.positions, grid),
                    model.attribute_mins.detach().cpu().float(), model.attribute_maxs.detach().cpu().float(), state,
-                   model.config.field_activation, precision, int(model.config.sh_degree))
+                   model.config.field_activation, precision, int(model.config.sh_degree),
+                   model.residual_columns.detach().cpu().long(), steps,
+                   residual_codes(model.residuals.detach().cpu(), steps))
 
     # --- writing -------------------------------------------------------------------------
 
@@ -135,17 +148,29 @@ class CompressedScene:
         head = _HEAD.pack(n, k, self.sh_degree, self.position_bits, weight_coder.WEIGHT_PRECISIONS.index(
             self.weight_precision), ACTIVATIONS.index(self.field_activation), depth, n_frequencies, width,
             self.attribute_mins.numel(), *self.position_grid.reshape(-1).tolist(), *lo, *hi)
+        residuals = self.residual_table()
         sections = [(b"HEAD", head),
                     (b"NORM", torch.cat([self.attribute_mins, self.attribute_maxs]).float().numpy().astype("<f4").tobytes()),
                     (b"CLST", sizes.numpy().astype("<u4").tobytes()),
-                    (b"PMOD", model.to_bytes())]
+                    (b"PMOD", model.to_bytes()),
+                    (b"RTAB", residuals.to_bytes())]
+        codes = self.residual_codes.numpy() if residuals.n_columns else None
         for i, cluster_keys in enumerate(clusters):
             sections.append((b"CPOS", position_coder.encode_cluster(cluster_keys, model)))
             sections.append((b"CMLP", weight_coder.encode_cluster(self.field_state, i, self.weight_precision)))
+            if codes is not None:
+                sections.append((b"CRES", residual_coder.encode_cluster(codes[starts[i] : starts[i + 1]], residuals)))
         out = [_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(sections))]
         for tag, payload in sections:
             out.append(_SECTION.pack(tag, len(payload), zlib.crc32(payload)) + payload)
         return b"".join(out)
+
+    def residual_table(self) -> residual_coder.ResidualTable:
+        """The RTAB section's table: the columns, their steps and their codes' histograms."""
+        if not self.n_residual_columns:
+            return residual_coder.ResidualTable.fit(np.zeros((0, 0), dtype=np.int64), [], [])
+        return residual_coder.ResidualTable.fit(self.residual_codes.numpy(), self.residual_columns.tolist(),
+                                                self.residual_steps.tolist())
 
     def save(self, path: Path) -> int:
         """Writes the file (atomically) and returns its size in bytes."""
@@ -171,9 +196,40 @@ class CompressedScene:
 
         # The state holds the stored values already: evaluate them as they are.
         field = field_from_state_dict(self.field_state, self.field_activation, "float32")
+        residuals = None if not self.n_residual_columns else dequantize_residuals(self.residual_codes,
+                                                                                 self.residual_steps)
         with torch.no_grad():
             return decode_gaussians(field, self.positions, self.labels, self.attribute_mins, self.attribute_maxs,
-                                    self.sh_degree)
+                                    self.sh_degree, self.residual_columns, residuals)
+
+
+def planned_bytes(positions: Tensor, labels: Tensor, grid: Tensor, bits: int, n_attributes: int,
+                  mlp_bytes_per_cluster: int, residual_codes: Optional[np.ndarray] = None,
+                  residual_columns: Sequence[int] = (), residual_steps: Sequence[float] = ()) -> Dict[str, int]:
+    """What a file of these positions ([N, 3] on `grid`, grouped by `labels` in storage order),
+    MLPs of `mlp_bytes_per_cluster` each and residual codes [N, C] would take, by part
+    ('positions', 'mlp_weights', 'residuals', 'other': tables, header and framing), laid out
+    as `to_bytes` lays it out. Exact but for the residual streams, which are priced at their
+    ideal code length rounded up to whole ANS words (a word over at most, per cluster)."""
+    sizes = torch.bincount(labels.cpu(), minlength=int(labels.max()) + 1).numpy()
+    k = len(sizes)
+    keys = morton_codes(quantize_positions(positions.cpu(), grid.cpu(), bits)).numpy()
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    clusters = [np.sort(keys[starts[i] : starts[i + 1]]) for i in range(k)]  # storage order on this grid
+    model = position_coder.ExponentModel.fit(clusters, bits)
+    parts = {"positions": len(model.to_bytes()) + sum(len(position_coder.encode_cluster(c, model)) for c in clusters),
+             "mlp_weights": k * mlp_bytes_per_cluster, "residuals": 0}
+    n_sections = 5 + 2 * k
+    if len(residual_columns):
+        codes = np.asarray(residual_codes, dtype=np.int64)
+        table = residual_coder.ResidualTable.fit(codes, list(residual_columns), list(residual_steps))
+        words = sum(int(np.ceil(table.ideal_bits(codes[starts[i] : starts[i + 1]]) / 32)) + 1 for i in range(k))
+        parts["residuals"] = len(table.to_bytes()) + 4 * k + 4 * words
+        n_sections += k
+    else:
+        parts["residuals"] = 2  # RTAB: an empty table
+    parts["other"] = _PREAMBLE.size + _SECTION.size * n_sections + _HEAD.size + 8 * n_attributes + 4 * k
+    return parts
 
 
 def _grid_bits(positions: Tensor, grid: Tensor) -> int:
@@ -257,7 +313,7 @@ class _Reader:
             (precision >= len(weight_coder.WEIGHT_PRECISIONS), f"unknown weight precision code {precision}"),
             (activation >= len(ACTIVATIONS), f"unknown activation code {activation}"),
             (depth < 1 or (depth > 1) != (width > 0), f"MLP depth {depth}, width {width}"),
-            (n_attributes != _attribute_count(sh_degree), f"{n_attributes} attributes for SH degree {sh_degree}"),
+            (n_attributes != attribute_count(sh_degree), f"{n_attributes} attributes for SH degree {sh_degree}"),
             (not np.isfinite(floats).all() or (floats[1] <= 0).any(), "invalid position grid"),
         ]
         for bad, problem in problems:
@@ -267,6 +323,11 @@ class _Reader:
                     activation=ACTIVATIONS[activation], depth=depth, n_frequencies=n_frequencies, width=width,
                     n_attributes=n_attributes, grid=torch.from_numpy(floats[:2].copy()),
                     bbox=(floats[2].tolist(), floats[3].tolist()))
+
+    def residual_table(self, head: dict) -> residual_coder.ResidualTable:
+        if self.version < 2:
+            return residual_coder.ResidualTable.fit(np.zeros((0, 0), dtype=np.int64), [], [])
+        return residual_coder.ResidualTable.from_bytes(self.section("RTAB"), head["n_attributes"])
 
     def tables(self, head: dict) -> Tuple[Tensor, Tensor, np.ndarray, position_coder.ExponentModel]:
         norm = np.frombuffer(self.section("NORM"), dtype="<f4").astype(np.float32)
@@ -283,17 +344,20 @@ class _Reader:
     def scene(self, max_clusters: Optional[int]) -> CompressedScene:
         head = self.header()
         mins, maxs, sizes, model = self.tables(head)
+        residual_table = self.residual_table(head)
         n_in = 3 + 6 * head["n_frequencies"]
         layer_sizes = [(n_in if layer == 0 else head["width"], head["n_attributes"] if layer == head["depth"] - 1
                         else head["width"]) for layer in range(head["depth"])]
         k_read = head["k"] if max_clusters is None else max(0, min(max_clusters, head["k"]))
         if k_read == 0:
             raise NeuralGSError(f"{self.path}: --max-clusters must be at least 1")
-        codes, layers = [], []
+        codes, layers, residual_blocks = [], [], []
         for i in range(k_read):
             keys = position_coder.decode_cluster(self.section("CPOS"), int(sizes[i]), model, head["bits"])
             codes.append(morton_decode(torch.from_numpy(keys)))
             layers.append(weight_coder.decode_cluster(self.section("CMLP"), layer_sizes, head["precision"]))
+            if residual_table.n_columns:
+                residual_blocks.append(residual_coder.decode_cluster(self.section("CRES"), int(sizes[i]), residual_table))
         if max_clusters is None and (self.read_sections != self.n_sections or self.offset != len(self.data)):
             raise InputFileError(self.path, f"corrupt: {len(self.data) - self.offset} unexpected bytes after the "
                                             f"last cluster")
@@ -306,8 +370,13 @@ class _Reader:
         for layer in range(head["depth"]):
             state[f"weights.{layer}"] = torch.stack([cluster[layer][0] for cluster in layers])
             state[f"biases.{layer}"] = torch.stack([cluster[layer][1] for cluster in layers])[:, None, :]
+        residuals = {}
+        if residual_table.n_columns:
+            residuals = dict(residual_columns=torch.from_numpy(residual_table.columns.copy()),
+                             residual_steps=torch.from_numpy(residual_table.steps.copy()),
+                             residual_codes=torch.from_numpy(np.concatenate(residual_blocks)))
         return CompressedScene(positions, labels, head["grid"], head["bits"], mins, maxs, state, head["activation"],
-                               head["precision"], head["sh_degree"])
+                               head["precision"], head["sh_degree"], **residuals)
 
 
 def read_info(path: Path) -> dict:
@@ -317,9 +386,9 @@ def read_info(path: Path) -> dict:
     data = _file_bytes(path)
     scene, reader = _parse(data, path, None)
     groups = {"HEAD": "header", "NORM": "normalisation_table", "CLST": "cluster_table", "PMOD": "positions",
-              "CPOS": "positions", "CMLP": "mlp_weights"}
+              "CPOS": "positions", "CMLP": "mlp_weights", "RTAB": "residuals", "CRES": "residuals"}
     breakdown = {"preamble": _PREAMBLE.size, "header": 0, "normalisation_table": 0, "cluster_table": 0,
-                 "positions": 0, "mlp_weights": 0, "section_framing": 0}
+                 "positions": 0, "mlp_weights": 0, "residuals": 0, "section_framing": 0}
     for tag, length, framing in reader.sections:
         breakdown[groups[tag]] += length
         breakdown["section_framing"] += framing
@@ -334,8 +403,9 @@ def read_info(path: Path) -> dict:
                 "parameters_per_cluster": parameters},
         "bounding_box": {"min": scene.positions.min(dim=0).values.tolist(), "max": scene.positions.max(dim=0).values.tolist()},
         "sections": breakdown,
+        "residual_columns": [] if scene.residual_columns is None else scene.residual_columns.tolist(),
         "bits_per_gaussian": {"positions": 8 * breakdown["positions"] / n, "mlp_weights": 8 * breakdown["mlp_weights"] / n,
-                              "total": 8 * len(data) / n},
+                              "residuals": 8 * breakdown["residuals"] / n, "total": 8 * len(data) / n},
     }
 
 
@@ -348,7 +418,10 @@ def format_info(info: dict) -> str:
              f"positions: {info['position_bits']}-bit grid; MLPs: {info['mlp']['layers']} layers, "
              f"{info['mlp']['parameters_per_cluster']:,} parameters each, {info['weight_precision']}, "
              f"{info['mlp']['activation']}",
-             "", f"{'section':<22}{'bytes':>12}{'share':>8}{'bits/Gaussian':>15}"]
+             ]
+    if info["residual_columns"]:
+        lines.append(f"residuals: attribute columns {', '.join(map(str, info['residual_columns']))}")
+    lines += ["", f"{'section':<22}{'bytes':>12}{'share':>8}{'bits/Gaussian':>15}"]
     for name, size in info["sections"].items():
         lines.append(f"{name:<22}{size:>12,}{size / total:>8.1%}{8 * size / n:>15.2f}")
     lines.append(f"{'total':<22}{total:>12,}{1:>8.0%}{8 * total / n:>15.2f}")

@@ -12,6 +12,10 @@ and cheap to entropy code (`codec.positions`). The model sorts its positions the
 MLP weights: stored as float16, or as int8 with one float16 scale per output unit. The field
 trains float32 master weights but always evaluates their stored rounding (see
 `ClusteredMLPField`), so fine-tuning sees exactly the stored weights (quantisation-aware).
+
+Residuals: a per-Gaussian correction of some attribute columns, stored as integer multiples of
+a per-column step (`codec.residuals`); the model trains float32 values and evaluates their
+rounding to the step, the same way.
 """
 
 from __future__ import annotations
@@ -100,6 +104,29 @@ def round_to_int8(weights: Tensor) -> Tensor:
     scales = int8_weight_scales(weights)
     stored = dequantize_int8_weights(int8_weight_codes(weights, scales), scales)
     return stored + (weights - weights.detach())
+
+
+RESIDUAL_RANGE = 2.0
+"""Corrections are clamped to +-this: normalised attributes span [-1, 1], so a larger one is
+never needed, and the bound keeps each column's codes within the coder's alphabet."""
+
+
+def residual_codes(values: Tensor, steps: Tensor) -> Tensor:
+    """Integer codes [N, C] int64 of residuals `values` [N, C] at per-column `steps` [C]."""
+    return torch.round(values.detach().clamp(-RESIDUAL_RANGE, RESIDUAL_RANGE) / steps).long()
+
+
+def dequantize_residuals(codes: Tensor, steps: Tensor) -> Tensor:
+    """The residuals [N, C] float32 of `codes` at `steps`: the one formula both the training
+    forward pass and the decoder use."""
+    return codes.float() * steps.float()
+
+
+def round_to_residual_steps(values: Tensor, steps: Tensor) -> Tensor:
+    """Residuals replaced by their stored values, with the identity gradient (straight
+    through), like `round_to_int8`."""
+    clamped = values.clamp(-RESIDUAL_RANGE, RESIDUAL_RANGE)
+    return dequantize_residuals(residual_codes(values, steps), steps) + (clamped - clamped.detach())
 
 
 def _spread_bits(v: Tensor) -> Tensor:

@@ -24,6 +24,23 @@ def attribute_matrix(gaussians: Gaussians) -> Tensor:
                       gaussians.features_rest.flatten(1)], dim=-1)
 
 
+ATTRIBUTE_GROUPS = ("opacity", "scales", "rotations", "dc", "sh_rest")
+
+
+def attribute_count(sh_degree: int) -> int:
+    """D, the length of `attribute_matrix`'s rows: opacity, scales, quaternion, DC, SH rest."""
+    return 11 + 3 * ((sh_degree + 1) ** 2 - 1)
+
+
+def attribute_groups(sh_degree: int) -> dict:
+    """Columns (a slice) of each attribute group in `attribute_matrix`, by name; no sh_rest at
+    SH degree 0."""
+    groups = {"opacity": slice(0, 1), "scales": slice(1, 4), "rotations": slice(4, 8), "dc": slice(8, 11)}
+    if sh_degree > 0:
+        groups["sh_rest"] = slice(11, 11 + 3 * ((sh_degree + 1) ** 2 - 1))
+    return groups
+
+
 def gaussians_from_attributes(means: Tensor, attributes: Tensor, sh_degree: int) -> Gaussians:
     """Inverse of `attribute_matrix` (with the decoded positions)."""
     n = means.shape[0]
