@@ -69,7 +69,7 @@ class DemoReport:
     teacher_config_path: Path
     teacher_checkpoint: Path
     teacher_gaussians: int
-    teacher_ply_bytes: int
+    teacher_bytes: int
     teacher_psnr: float
     teacher_ssim: float
     teacher_lpips: Optional[float]
@@ -84,7 +84,7 @@ class DemoReport:
 
     @property
     def ratio(self) -> float:
-        return self.teacher_ply_bytes / self.compressed.compressed_bytes
+        return self.teacher_bytes / self.compressed.compressed_bytes
 
     def format_table(self) -> str:
         b, c = self.budget, self.compressed
@@ -92,7 +92,7 @@ class DemoReport:
                   f"{b.resolution}x{b.resolution}, on {self.device}")
         rows: List[tuple] = [
             ("", "Gaussians", "size", "held-out PSNR", "SSIM", ""),
-            ("teacher", f"{self.teacher_gaussians:,}", format_bytes(self.teacher_ply_bytes), f"{self.teacher_psnr:.2f} dB",
+            ("teacher", f"{self.teacher_gaussians:,}", format_bytes(self.teacher_bytes), f"{self.teacher_psnr:.2f} dB",
              f"{self.teacher_ssim:.4f}", f"splatfacto-portable, {b.teacher_steps} steps, 3DGS PLY"),
             ("NeuralGS", f"{c.compressed_gaussians:,}", format_bytes(c.compressed_bytes), f"{c.psnr:.2f} dB",
              f"{c.ssim:.4f}", f"{b.fit_iterations} fit + {c.fine_tune_iterations} fine-tune steps, {c.output}"),
@@ -227,7 +227,7 @@ def run_demo(output_dir: Path = Path("neuralgs-demo"), budget: Optional[DemoBudg
     from nerfstudio.utils.rich_utils import CONSOLE
 
     from neuralgs_ns.compress.run import compress
-    from neuralgs_ns.gaussians import load_teacher, ply_size
+    from neuralgs_ns.gaussians import load_teacher
     from neuralgs_ns.progress import StageTimer
 
     start = time.perf_counter()
@@ -268,7 +268,7 @@ def run_demo(output_dir: Path = Path("neuralgs-demo"), budget: Optional[DemoBudg
     lpips = teacher_metrics.get("lpips")
     return DemoReport(
         scene_dir=scene_dir, budget=budget, device=device, teacher_config_path=config.get_base_dir() / "config.yml",
-        teacher_checkpoint=checkpoint, teacher_gaussians=len(teacher), teacher_ply_bytes=ply_size(teacher),
+        teacher_checkpoint=checkpoint, teacher_gaussians=len(teacher), teacher_bytes=compressed.teacher_bytes,
         teacher_psnr=float(teacher_metrics["psnr"]), teacher_ssim=float(teacher_metrics["ssim"]),
         teacher_lpips=None if lpips is None else float(lpips), compressed=compressed, picture=picture,
         picture_view=picture_view, stage_seconds=stages, total_seconds=time.perf_counter() - start,

@@ -179,13 +179,14 @@ def read_ply(path: Path) -> Gaussians:
     )
 
 
-def ply_columns(gaussians: Gaussians):
-    """(name, values [N]) of every Inria 3DGS PLY property, in file order."""
+def ply_columns(gaussians: Gaussians, normals: bool = True):
+    """(name, values [N]) of every Inria 3DGS PLY property, in file order; the (zero) normals
+    3DGS writes are left out with normals=False, as many exporters do."""
     g = gaussians.to("cpu")
     n = len(g)
     rest = g.features_rest.transpose(1, 2).flatten(1)
     columns = [("x", g.means[:, 0]), ("y", g.means[:, 1]), ("z", g.means[:, 2])]
-    columns += [(f"n{a}", torch.zeros(n)) for a in "xyz"]
+    columns += [(f"n{a}", torch.zeros(n)) for a in "xyz"] if normals else []
     columns += [(f"f_dc_{i}", g.features_dc[:, i]) for i in range(3)]
     columns += [(f"f_rest_{i}", rest[:, i]) for i in range(rest.shape[1])]
     columns += [("opacity", g.opacities[:, 0])]
@@ -200,10 +201,11 @@ def _ply_header(n: int, names) -> bytes:
     return "\n".join(lines).encode("ascii")
 
 
-def ply_bytes(gaussians: Gaussians) -> bytes:
+def ply_bytes(gaussians: Gaussians, normals: bool = True) -> bytes:
     """The Inria 3DGS binary little-endian PLY of `gaussians` (with zero normals, as 3DGS
-    writes them), vectorised: one structured numpy array, no per-vertex Python."""
-    columns = ply_columns(gaussians)
+    writes them, unless normals=False), vectorised: one structured numpy array, no per-vertex
+    Python."""
+    columns = ply_columns(gaussians, normals)
     table = np.empty(len(gaussians), dtype=[(name, "<f4") for name, _ in columns])
     for name, values in columns:
         table[name] = values.detach().numpy()
@@ -216,8 +218,18 @@ def ply_size(gaussians: Gaussians) -> int:
     return len(_ply_header(len(gaussians), names)) + 4 * len(names) * len(gaussians)
 
 
-def write_ply(gaussians: Gaussians, path: Path) -> None:
-    atomic_write_bytes(Path(path), ply_bytes(gaussians))
+def write_ply(gaussians: Gaussians, path: Path, normals: bool = True) -> None:
+    atomic_write_bytes(Path(path), ply_bytes(gaussians, normals))
+
+
+def teacher_bytes(path: Path, gaussians: Gaussians) -> int:
+    """What a compression ratio divides: the teacher file's size on disk when the user gave a
+    splat file, else (a checkpoint, whose file also holds optimiser state) the Inria 3DGS PLY
+    of it that `ns-export gaussian-splat` and `write_ply` write."""
+    path = Path(path)
+    if path.suffix.lower() == ".ply" and path.is_file():
+        return path.stat().st_size
+    return ply_size(gaussians)
 
 
 # --- any teacher ------------------------------------------------------------------------

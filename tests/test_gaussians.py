@@ -101,3 +101,22 @@ def test_bad_teachers(tmp_path):
     one_line_error(tmp_path / "nerfacto.ckpt", "not a Gaussian-splatting checkpoint")
     (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
     one_line_error(tmp_path / "garbage.ckpt", "not a readable PyTorch checkpoint")
+
+
+def test_ratios_divide_the_teacher_file_as_given(tmp_path):
+    """A .ply without normals (as many exported splats are) is its bytes on disk, not the
+    larger Inria PLY we would write; a checkpoint is the PLY ns-export writes of it."""
+    from neuralgs_ns.gaussians import ply_size, teacher_bytes
+
+    g = random_gaussians(50, degree=0)
+    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+             "rot_0", "rot_1", "rot_2", "rot_3"]
+    values = torch.cat([g.means, g.features_dc, g.opacities, g.scales, g.quats], dim=1).numpy()
+    table = np.empty(50, dtype=[(n, "<f4") for n in names])
+    for i, n in enumerate(names):
+        table[n] = values[:, i]
+    path = tmp_path / "no-normals.ply"
+    PlyData([PlyElement.describe(table, "vertex")]).write(str(path))
+    loaded = load_teacher(path)
+    assert teacher_bytes(path, loaded) == path.stat().st_size < ply_size(loaded)
+    assert teacher_bytes(tmp_path / "run-dir-or-ckpt", loaded) == ply_size(loaded)
