@@ -86,13 +86,17 @@ class Compress:
     per Gaussian. Default: the coarsest grid the teacher's renders barely notice (10-16)."""
     weight_precision: Literal["int8", "float16"] = "int8"
     """How the MLP weights are stored; fine-tuning trains the stored values either way."""
+    target_size: Optional[str] = None
+    """Size of the file to write: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
+    is at most this and at least 90% of it; too small a size is refused up front with the
+    smallest possible. Default: the preset's rate."""
 
     def main(self) -> None:
         from neuralgs_ns.compress.run import compress
 
         report = compress(self.teacher, self.output, data=self.data, preset=self.preset, device=self.device,
                           fine_tune_iterations=self.fine_tune_iterations, fit_iterations=self.fit_iterations,
-                          run_dir=self.run_dir, views=self.views,
+                          run_dir=self.run_dir, views=self.views, target_size=self.target_size,
                           model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
         report.print()
 
@@ -140,7 +144,8 @@ class Info:
 @dataclass
 class Bench:
     """Compares NeuralGS with what you already have on one teacher: PLY, half-float PLY, SPZ,
-    importance pruning and gsplat's PNG compression. Per method: size, ratio to the PLY,
+    importance pruning (alone and followed by SPZ) and gsplat's PNG compression, with NeuralGS
+    as a rate-distortion curve of target sizes. Per method: size, ratio to the teacher file,
     encode / decode / render times and held-out PSNR, SSIM (and LPIPS when available).
     Writes results.json, results.md (a table for a README), rd.png and strip.png."""
 
@@ -153,8 +158,9 @@ class Bench:
     its images and the teacher's renders), its train split feeds importance and NeuralGS.
     Without it, the teacher's renders (--views) are the dataset and the only reference."""
     methods: Tuple[str, ...] = DEFAULT_METHODS
-    """Which to run, in order: ply, ply-fp16, spz, spz-gsply, prune-40, prune-66, png-gsplat,
-    neuralgs-small, neuralgs, neuralgs-large (the default is all but neuralgs-large)."""
+    """Which to run, in order: ply, ply-fp16, spz, spz-gsply, prune-40, prune-66, prune-40-spz,
+    prune-66-spz, png-gsplat, neuralgs (the default rate), neuralgs@SIZE (--target-size SIZE,
+    e.g. neuralgs@500KB) and neuralgs-curve (0.5, 0.7, 1.4 and 2 times the default's size)."""
     preset: Literal["auto", "neuralgs", "cpu"] = "auto"
     """NeuralGS preset: 'neuralgs' (paper settings, for GPUs), 'cpu', 'auto' (by device)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -105,6 +105,12 @@ def neuralgs_trainer(preset: str = "auto") -> TrainerConfig:
             "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4),
         },
+        # The per-Gaussian corrections (--pipeline.model.residual-attributes), in normalised
+        # attribute units: about splatfacto's opacity rate (0.05 on logits spanning ~20).
+        "residuals": {
+            "optimizer": AdamOptimizerConfig(lr=2e-3, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=2e-4),
+        },
         "camera_opt": _splatfacto_optimizers()["camera_opt"],
     }
     set_fine_tune_iterations(config, PRESETS[resolve_preset(preset, device)]["fine_tune_iterations"])
@@ -115,7 +121,8 @@ def set_fine_tune_iterations(config: TrainerConfig, iterations: int) -> None:
     """Stage D's length: the training steps, the learning-rate decay over them, and one
     checkpoint and one full evaluation at the end."""
     config.max_num_iterations = config.steps_per_save = config.steps_per_eval_all_images = iterations
-    config.optimizers["field"]["scheduler"].max_steps = iterations
+    for group in ("field", "residuals"):
+        config.optimizers[group]["scheduler"].max_steps = iterations
 
 
 neuralgs = MethodSpecification(

@@ -124,3 +124,51 @@ def test_resume_restores_the_checkpoint_without_compressing_again(compressed, mo
     # The optimiser trained the very MLPs the model decodes with (not stale copies).
     assert trainer.optimizers.optimizers["field"].param_groups[0]["params"][0] is model.field.weights[0]
     assert any(not torch.equal(before[k], v) for k, v in model.field.state_dict().items())
+
+
+def test_ns_train_writes_the_compressed_file_into_its_run(compressed):
+    from neuralgs_ns.models.neuralgs import COMPRESSED_FILE_NAME
+
+    assert (compressed["run_dir"] / COMPRESSED_FILE_NAME).read_bytes() == compressed["file"].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def sized(compressed, trained_run):  # noqa: F811
+    """A compress run at 85% of the default file's size (between it and the smallest file
+    possible for this 1.2k-Gaussian teacher), with corrections of opacity and scales."""
+    from neuralgs_ns.compress.run import compress
+
+    root = compressed["root"]
+    target = int(0.85 * compressed["file"].stat().st_size)
+    data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
+    report = compress(trained_run["checkpoint"], root / "sized.ngs", data=data, preset="cpu", device="cpu",
+                      fit_iterations=200, fine_tune_iterations=20, run_dir=root / "sized-runs",
+                      target_size=target, model_options={"residual_attributes": ("opacity", "scales")})
+    return dict(report=report, target=target)
+
+
+def test_a_target_size_is_met_within_ten_percent(sized):
+    report, target = sized["report"], sized["target"]
+    assert 0.9 * target <= report.compressed_bytes <= target
+    assert report.compressed_bytes == report.output.stat().st_size
+    scene = CompressedScene.load(report.output)
+    assert scene.n_residual_columns == 4  # opacity and the three scales
+
+
+def test_a_sized_run_decodes_to_its_checkpoint(sized):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(sized["report"].config_path, test_mode="inference")
+    reloaded = pipeline.model.decode()
+    decoded = CompressedScene.load(sized["report"].output).decode()
+    for name in PARAM_NAMES:
+        assert torch.equal(getattr(decoded, name), getattr(reloaded, name).cpu()), name
+
+
+def test_a_target_below_the_smallest_file_is_refused_before_any_work(trained_run, tmp_path, capsys):  # noqa: F811
+    code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "s.ngs"),
+                         "--target-size", "100", "--run-dir", str(tmp_path / "runs"), "--device", "cpu"])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "too small" in err and "smallest file possible is about" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "s.ngs").exists()

@@ -1,5 +1,6 @@
 """Per-scene rate choices (`neuralgs_ns.compress.rate`): the position grid measured from the
-teacher's renders, the MLP width against the bytes the codec really writes, stage D's length."""
+teacher's renders, the MLP width against the bytes the codec really writes, stage D's length,
+and the plan that meets a target size."""
 
 import math
 
@@ -9,8 +10,11 @@ import torch
 from neuralgs_ns.codec import weights as weight_coder
 from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig
 from neuralgs_ns.compress.pipeline_run import TeacherViews, sphere_cameras
-from neuralgs_ns.compress.rate import (MIN_AUTO_POSITION_BITS, capped_mlp_width, choose_position_bits,
-                                       fine_tune_steps, mlp_bytes_per_cluster)
+from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION, MIN_AUTO_POSITION_BITS,
+                                       POSITION_BITS_ESTIMATE, SIZE_MARGIN, FieldPlan, capped_mlp_width,
+                                       choose_position_bits, corrections_to_drop, fine_tune_steps,
+                                       mlp_bytes_per_cluster, parse_size, plan_for_size, prune_fraction_for_size,
+                                       residual_bytes, residual_step_for_budget)
 from neuralgs_ns.gaussians import Gaussians
 
 
@@ -75,3 +79,97 @@ def test_small_scenes_get_up_to_twice_the_fine_tune_steps():
     assert fine_tune_steps(1500, 60_000) == 1500
     assert fine_tune_steps(1500, 45_000) == 2000
     assert fine_tune_steps(1500, 30_000) == fine_tune_steps(1500, 100) == 3000
+
+
+# --- target sizes ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [("250000", 250_000), ("500KB", 500_000), ("1.5MB", 1_500_000),
+                                           ("800KiB", 819_200), ("2M", 2_000_000), ("1 mb", 1_000_000),
+                                           ("0.5GiB", 2**29), (4096, 4096)])
+def test_sizes_read_as_users_write_them(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5 parsecs", "-1KB", "0", "1.5.2MB", "KB"])
+def test_what_is_not_a_size_is_refused_in_one_line(text):
+    with pytest.raises(ValueError) as err:
+        parse_size(text)
+    assert "\n" not in str(err.value)
+
+
+def test_pruning_rises_only_when_the_target_leaves_too_few_bits_per_gaussian():
+    n = 100_000
+    roomy = n * (POSITION_BITS_ESTIMATE + ATTRIBUTE_BITS_FLOOR) / 8  # bytes for every Gaussian at the floor
+    assert prune_fraction_for_size(int(roomy), n, 0.4) == 0.4
+    assert prune_fraction_for_size(int(0.3 * roomy), n, 0.4) == pytest.approx(0.75)  # keeps 29% (the margin)
+    assert prune_fraction_for_size(10, n, 0.4) == MAX_PRUNE_FRACTION
+
+
+def clustered_points(n=3000, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    positions = torch.rand(n, 3, generator=g) * 4
+    labels = torch.sort(torch.randint(0, k, (n,), generator=g)).values
+    return positions, labels
+
+
+def field_plan(corrections: bool) -> FieldPlan:
+    return FieldPlan(n_frequencies=4, depth=3, precision="int8", preset_width=32, corrections=corrections)
+
+
+@pytest.mark.parametrize("corrections", [False, True])
+def test_a_size_plan_fits_its_target(corrections):
+    positions, labels = clustered_points()
+    n_attributes = 14
+    target = 20_000
+    plan = plan_for_size(target, positions, labels, 12, n_attributes, field_plan(corrections))
+    assert plan is not None and plan.position_bits <= 12
+    mlp = 3 * mlp_bytes_per_cluster(4, plan.mlp_width, 3, n_attributes, "int8")
+    assert plan.planned["mlp_weights"] == mlp
+    assert sum(plan.planned.values()) <= SIZE_MARGIN * target
+    if corrections:  # the MLPs leave room for the corrections, and never exceed the preset's width
+        assert plan.mlp_width <= 32 and plan.residual_budget() > 0.3 * SIZE_MARGIN * target - mlp
+    else:  # the MLPs take what the positions leave, to within one unit of width
+        wider = 3 * mlp_bytes_per_cluster(4, plan.mlp_width + 1, 3, n_attributes, "int8")
+        assert sum(plan.planned.values()) - mlp + wider > SIZE_MARGIN * target
+
+
+def test_a_tight_target_coarsens_the_grid_and_an_impossible_one_has_no_plan():
+    positions, labels = clustered_points()
+    roomy = plan_for_size(40_000, positions, labels, 14, 14, field_plan(False))
+    assert roomy.position_bits == 14
+    # Just too small for 14-bit positions and the narrowest MLPs: one bit coarser fits.
+    narrowest = 3 * mlp_bytes_per_cluster(4, 16, 3, 14, "int8")
+    needed = roomy.planned["positions"] + roomy.planned["other"] + roomy.planned["residuals"] + narrowest
+    tight = plan_for_size(int(needed / SIZE_MARGIN) - 50, positions, labels, 14, 14, field_plan(False))
+    assert tight is not None and tight.position_bits == 13 and tight.planned["positions"] < roomy.planned["positions"]
+    assert plan_for_size(500, positions, labels, 14, 14, field_plan(False)) is None
+
+
+def test_the_correction_step_is_the_finest_within_the_budget():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(5000, 3, generator=g) * 0.1
+    labels = torch.sort(torch.randint(0, 4, (5000,), generator=g)).values
+    budget = 6000
+    step = residual_step_for_budget(values, labels, budget, 0.001)
+    assert residual_bytes(values, step, labels) <= budget < residual_bytes(values, step * 0.98, labels)
+    assert residual_step_for_budget(values, labels, 10**9, 0.001) == 0.001  # everything fits at the finest
+
+
+def test_dropping_corrections_sheds_the_bits_asked_for_least_important_first():
+    from neuralgs_ns.codec.residuals import ResidualTable
+
+    g = torch.Generator().manual_seed(1)
+    codes = torch.round(torch.randn(4000, 2, generator=g) * 3).long()
+    importance = torch.rand(4000, generator=g)
+    steps = torch.tensor([0.02, 0.05])
+
+    def bits(c):
+        return ResidualTable.fit(c.numpy(), [0, 1], steps.tolist()).ideal_bits(c.numpy())
+
+    excess = 0.2 * bits(codes)
+    drop = corrections_to_drop(codes, steps, importance, excess)
+    assert bool((codes[drop] != 0).all())  # only codes that cost something
+    kept = codes.masked_fill(drop, 0)
+    assert bits(codes) - bits(kept) >= 0.9 * excess
+    # the least important Gaussians lose theirs first
+    assert importance[drop.any(dim=1)].mean() < importance[~drop.any(dim=1)].mean()

@@ -358,11 +358,24 @@ def field_from_state_dict(state_dict: Mapping[str, Tensor], activation: str = "t
     return ClusteredMLPField.from_state_dict(config, state_dict)
 
 
+def decode_normalized(field: ClusteredMLPField, positions: Tensor, labels: Tensor,
+                      residual_columns: Optional[Tensor] = None, residuals: Optional[Tensor] = None) -> Tensor:
+    """Normalised attributes [N, D]: every position through its cluster's MLP, plus the stored
+    `residuals` [N, C] (already at their steps) on attribute columns `residual_columns` [C].
+    Differentiable in the MLP weights and the residuals."""
+    normalized = field.decode(positions, labels)
+    if residual_columns is not None and residual_columns.numel():
+        normalized = normalized.index_add(1, residual_columns.to(normalized.device), residuals.to(normalized))
+    return normalized
+
+
 def decode_gaussians(field: ClusteredMLPField, positions: Tensor, labels: Tensor, attribute_mins: Tensor,
-                     attribute_maxs: Tensor, sh_degree: int):
-    """The Gaussians a compressed scene describes: every position through its cluster's MLP,
-    then the normalisation table undone. Differentiable in the MLP weights."""
+                     attribute_maxs: Tensor, sh_degree: int, residual_columns: Optional[Tensor] = None,
+                     residuals: Optional[Tensor] = None):
+    """The Gaussians a compressed scene describes (`decode_normalized`), the normalisation
+    table undone."""
     from neuralgs_ns.compress.clustering import NormalizationTable, gaussians_from_attributes
 
-    attributes = NormalizationTable(attribute_mins, attribute_maxs).denormalize(field.decode(positions, labels))
+    normalized = decode_normalized(field, positions, labels, residual_columns, residuals)
+    attributes = NormalizationTable(attribute_mins, attribute_maxs).denormalize(normalized)
     return gaussians_from_attributes(positions, attributes, sh_degree)

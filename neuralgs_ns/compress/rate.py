@@ -14,9 +14,13 @@ large ones (lego-200 gets the same grid, width and steps as with fixed settings)
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+import math
+import re
+from typing import Dict, List, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from neuralgs_ns.codec.quantize import MAX_POSITION_BITS, snap_positions
 from neuralgs_ns.gaussians import Gaussians
@@ -89,3 +93,239 @@ def fine_tune_steps(base_steps: int, n_gaussians: int) -> int:
     proportion for scenes under SMALL_SCENE_GAUSSIANS, at most doubled."""
     scaled = round(base_steps * SMALL_SCENE_GAUSSIANS / max(1, n_gaussians))
     return max(base_steps, min(2 * base_steps, scaled))
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+               "g": 10**9, "gb": 10**9, "gib": 2**30}
+
+
+def parse_size(size: Union[str, int]) -> int:
+    """Bytes of a size a user writes: 250000, 500KB, 1.5MB, 800KiB, 2M (K, M, G decimal; KiB,
+    MiB, GiB binary; case and a space before the unit do not matter). Raises ValueError with
+    a one-line reason."""
+    if isinstance(size, int):
+        value, unit = float(size), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(size))
+        if match is None or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"{size!r} is not a size (write bytes, or e.g. 500KB, 1.5MB, 800KiB)")
+        value, unit = float(match.group(1)), match.group(2).lower()
+    n = int(round(value * _SIZE_UNITS[unit]))
+    if n <= 0:
+        raise ValueError(f"{size!r}: a size must be positive")
+    return n
+
+
+# --- a file of a given size (--target-size) ---------------------------------------------------
+
+MAX_PRUNE_FRACTION = 0.9
+"""The strongest pruning a size target may ask for: the smallest file keeps 10% of the Gaussians."""
+SIZE_MARGIN = 0.97
+"""Plans aim at this fraction of the target: stage D moves the corrections' entropy a little,
+and what overshoots after it is trimmed (`drop_corrections`)."""
+POSITION_BITS_ESTIMATE = 22.0
+"""Bits per Gaussian of entropy-coded positions assumed before they are coded (measured 20-26
+on 11- to 13-bit grids)."""
+ATTRIBUTE_BITS_FLOOR = 20.0
+"""Bits per Gaussian of MLP and corrections below which a size target prunes more rather than
+describe each Gaussian more coarsely."""
+
+
+def prune_fraction_for_size(target_bytes: int, n_teacher: int, default_fraction: float) -> float:
+    """The paper's pruning (`default_fraction`) unless the target leaves the kept Gaussians
+    fewer than POSITION_BITS_ESTIMATE + ATTRIBUTE_BITS_FLOOR bits each: then the fraction (in
+    steps of 5%, at most MAX_PRUNE_FRACTION) that keeps as many as afford them."""
+    affordable = 8 * SIZE_MARGIN * target_bytes / (POSITION_BITS_ESTIMATE + ATTRIBUTE_BITS_FLOOR)
+    needed = 1.0 - affordable / max(1, n_teacher)
+    fraction = max(default_fraction, math.ceil(needed * 20 - 1e-9) / 20)
+    return min(fraction, MAX_PRUNE_FRACTION)
+
+
+def smallest_size(means: Tensor, n_attributes: int, mlp_bytes: int) -> int:
+    """About the smallest file possible (positions of the most important MAX_PRUNE_FRACTION
+    kept, on the coarsest grid, one MLP of `mlp_bytes`), judged before stage A from an evenly
+    spread subset of the teacher's positions (`means` [N, 3]): importance decides which
+    Gaussians survive, not how many."""
+    from neuralgs_ns.codec import planned_bytes
+    from neuralgs_ns.codec.quantize import position_grid, quantize_positions, storage_order
+
+    n_keep = max(1, len(means) - pruned_count_max(len(means)))
+    subset = means[torch.linspace(0, len(means) - 1, n_keep).round().long()].detach().cpu().float()
+    grid = position_grid(subset, MIN_AUTO_POSITION_BITS)
+    labels = torch.zeros(n_keep, dtype=torch.long)
+    subset = subset[storage_order(quantize_positions(subset, grid, MIN_AUTO_POSITION_BITS), labels)]
+    return sum(planned_bytes(subset, labels, grid, MIN_AUTO_POSITION_BITS, n_attributes, mlp_bytes).values())
+
+
+def pruned_count_max(n: int) -> int:
+    from neuralgs_ns.compress.importance import pruned_count
+
+    return pruned_count(n, MAX_PRUNE_FRACTION)
+
+
+def widest_mlp_within(budget_bytes: float, n_clusters: int, max_width: int, n_frequencies: int, depth: int,
+                      out_dim: int, precision: str) -> int:
+    """The widest MLP (1 to `max_width` units) whose `n_clusters` copies fit in `budget_bytes`;
+    0 when even width 1 does not."""
+    width = max_width
+    while width > 0 and n_clusters * mlp_bytes_per_cluster(n_frequencies, width, depth, out_dim, precision) > budget_bytes:
+        width -= 1
+    return width
+
+
+def residual_bytes(values: Tensor, step: float, labels: Tensor) -> int:
+    """What corrections `values` [N, C] (normalised units) cost in the file at `step`: the
+    residual table plus every cluster's stream (`codec.planned_bytes`' pricing)."""
+    from neuralgs_ns.codec.residuals import ResidualTable
+
+    from neuralgs_ns.codec.quantize import residual_codes
+
+    codes = residual_codes(values.cpu(), torch.full((values.shape[1],), step)).numpy()
+    sizes = torch.bincount(labels.cpu()).numpy()
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    table = ResidualTable.fit(codes, list(range(codes.shape[1])), [step] * codes.shape[1])
+    words = sum(int(np.ceil(table.ideal_bits(codes[starts[i] : starts[i + 1]]) / 32)) + 1 for i in range(len(sizes)))
+    return len(table.to_bytes()) + 4 * len(sizes) + 4 * words
+
+
+def residual_step_for_budget(values: Tensor, labels: Tensor, budget_bytes: float, min_step: float,
+                             max_step: float = 2.0) -> float:
+    """The finest step in [min_step, max_step] at which the corrections `values` [N, C] cost at
+    most `budget_bytes` (bisection on log step; the cost falls as the step grows)."""
+    if residual_bytes(values, min_step, labels) <= budget_bytes:
+        return min_step
+    lo, hi = math.log(min_step), math.log(max_step)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if residual_bytes(values, math.exp(mid), labels) <= budget_bytes:
+            hi = mid
+        else:
+            lo = mid
+    return math.exp(hi)
+
+
+MLP_SHARE = 0.5
+"""With corrections on: the MLPs take at most this share of what the positions leave (and no
+more than the preset's width); the corrections get the rest."""
+MAX_WIDTH_FACTOR = 2
+"""A target size widens the MLPs to at most this multiple of the preset's width."""
+
+
+@dataclasses.dataclass
+class FieldPlan:
+    """What a size plan needs to know of the MLPs and corrections the preset would build."""
+
+    n_frequencies: int
+    depth: int
+    precision: str
+    preset_width: int
+    """The width the preset would give this scene (after its bits-per-Gaussian cap)."""
+    corrections: bool
+    """Whether corrections (residual attributes) share the budget."""
+
+
+@dataclasses.dataclass
+class SizePlan:
+    """How a target size is met (`plan_for_size`)."""
+
+    target_bytes: int
+    position_bits: int
+    mlp_width: int
+    n_clusters: int
+    planned: Dict[str, int]
+    """Bytes of positions, MLPs and the rest ('other') as planned; corrections get what is left."""
+
+    def residual_budget(self) -> float:
+        """Bytes the corrections may take (`residual_bytes`): the margin-scaled target less
+        everything else and their sections' framing."""
+        from neuralgs_ns.codec import SECTION_FRAMING_BYTES
+
+        return SIZE_MARGIN * self.target_bytes - sum(self.planned.values()) - SECTION_FRAMING_BYTES * self.n_clusters
+
+    def summary(self) -> str:
+        return (f"{self.position_bits}-bit positions ({self.planned['positions']:,} B), MLPs of width "
+                f"{self.mlp_width} ({self.planned['mlp_weights']:,} B), corrections up to "
+                f"{max(0, int(self.residual_budget())):,} B")
+
+
+def plan_for_size(target_bytes: int, positions: Tensor, labels: Tensor, grid_bits: int, n_attributes: int,
+                  field: FieldPlan) -> "SizePlan | None":
+    """Position grid and MLP width for a file of at most `target_bytes` (planned at
+    SIZE_MARGIN of it), given the kept Gaussians' `positions` [N, 3] and cluster `labels` [N]:
+
+    1. the grid the scene's renders chose (`grid_bits`), coarsened a bit at a time (to 10)
+       while the positions and the narrowest MLPs (width MIN_MLP_WIDTH) would not fit;
+    2. the MLPs: the widest within the rest (without corrections, up to MAX_WIDTH_FACTOR times
+       the preset's width), or with corrections within MLP_SHARE of it and at most the preset's
+       width; the corrections get what is left (their step is chosen after stage C, when the
+       MLPs' errors are known).
+
+    None when even the coarsest grid leaves no room for the narrowest MLPs."""
+    from neuralgs_ns.codec import planned_bytes
+    from neuralgs_ns.codec.quantize import position_grid
+
+    budget = SIZE_MARGIN * target_bytes
+    k = int(labels.max()) + 1
+    for bits in range(grid_bits, MIN_AUTO_POSITION_BITS - 1, -1):
+        grid = position_grid(positions.detach().cpu(), bits)
+        parts = planned_bytes(positions, labels, grid, bits, n_attributes, 0)
+        rest = budget - parts["positions"] - parts["other"] - parts["residuals"]
+        if field.corrections:
+            rest -= 8 * k + 64  # the correction streams' framing and table, at the least
+        narrowest = k * mlp_bytes_per_cluster(field.n_frequencies, MIN_MLP_WIDTH, field.depth, n_attributes,
+                                               field.precision)
+        if rest < narrowest:
+            continue
+        if field.corrections:
+            width = widest_mlp_within(max(narrowest, MLP_SHARE * rest), k, field.preset_width, field.n_frequencies,
+                                      field.depth, n_attributes, field.precision)
+        else:
+            width = widest_mlp_within(rest, k, MAX_WIDTH_FACTOR * field.preset_width, field.n_frequencies,
+                                      field.depth, n_attributes, field.precision)
+        parts["mlp_weights"] = k * mlp_bytes_per_cluster(field.n_frequencies, width, field.depth, n_attributes,
+                                                         field.precision)
+        return SizePlan(target_bytes, bits, width, k, parts)
+    return None
+
+
+def corrections_to_drop(codes: Tensor, steps: Tensor, importance: Tensor, excess_bits: float) -> Tensor:
+    """Mask [N, C] of nonzero correction codes [N, C] to set to zero so the file sheds about
+    `excess_bits` (10% more, so one pass usually suffices): those whose loss (importance times
+    the squared correction, in normalised units) is smallest per bit saved, a code's bits
+    priced under the current histogram of its column."""
+    codes = codes.cpu()
+    importance = importance.detach().float().cpu()
+    saved = torch.zeros(codes.shape, dtype=torch.float64)
+    for c in range(codes.shape[1]):
+        values, counts = torch.unique(codes[:, c], return_counts=True)
+        p = counts.double() / counts.sum()
+        p_zero = float(p[values == 0].sum()) or 1.0 / len(codes)
+        bits = -torch.log2(p[torch.searchsorted(values, codes[:, c])])
+        saved[:, c] = (bits - (-math.log2(p_zero))).clamp_min(1e-3)
+    harm = importance[:, None].double() * (codes.double() * steps.cpu().double()) ** 2
+    candidates = (codes != 0).flatten().nonzero()[:, 0]
+    order = torch.argsort((harm.flatten() / saved.flatten())[candidates])
+    chosen = candidates[order]
+    total = torch.cumsum(saved.flatten()[chosen], 0)
+    count = int(torch.searchsorted(total, torch.tensor(1.1 * excess_bits, dtype=torch.float64))) + 1
+    mask = torch.zeros(codes.numel(), dtype=torch.bool)
+    mask[chosen[:count]] = True
+    return mask.reshape(codes.shape).to(steps.device)
+
+
+RESIDUAL_STEPS = tuple(0.5 * 2 ** (-i / 2) for i in range(17))
+"""Steps the fidelity rule tries, coarse to fine: 0.5 down to 0.002, each sqrt(2) finer
+(half a bit more per coded value)."""
+
+
+def choose_residual_step(fidelity, min_psnr_db: float, steps: Sequence[float] = RESIDUAL_STEPS
+                         ) -> Tuple[float, Dict[float, float]]:
+    """(the coarsest of `steps` at which `fidelity(step)` (mean PSNR of the scene decoded with
+    corrections at that step against the teacher's renders) reaches `min_psnr_db`, the PSNR
+    measured at each step tried). The finest step if none does."""
+    measured: Dict[float, float] = {}
+    for step in steps:
+        measured[step] = fidelity(step)
+        if measured[step] >= min_psnr_db:
+            return step, measured
+    return steps[-1], measured

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from neuralgs_ns.compress.pipeline_run import TeacherViews
 from neuralgs_ns.errors import NeuralGSError
@@ -26,8 +26,9 @@ class CompressReport:
     output: Path
     """The compressed file written."""
     teacher_gaussians: int
-    teacher_ply_bytes: int
-    """Size of the teacher as an Inria 3DGS binary PLY (what the ratio compares against)."""
+    teacher_bytes: int
+    """What the ratio compares against: the teacher file's bytes on disk, or for a checkpoint
+    its Inria 3DGS PLY (`gaussians.teacher_bytes`)."""
     compressed_gaussians: int
     compressed_bytes: int
     psnr: float
@@ -52,8 +53,8 @@ class CompressReport:
 
     @property
     def ratio(self) -> float:
-        """Teacher PLY bytes over compressed bytes."""
-        return self.teacher_ply_bytes / self.compressed_bytes
+        """Teacher bytes over compressed bytes."""
+        return self.teacher_bytes / self.compressed_bytes
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -64,7 +65,7 @@ class CompressReport:
     def format_table(self) -> str:
         rows: List[Sequence[str]] = [
             ("", "Gaussians", "size", ""),
-            ("teacher", f"{self.teacher_gaussians:,}", format_bytes(self.teacher_ply_bytes), "3DGS PLY"),
+            ("teacher", f"{self.teacher_gaussians:,}", format_bytes(self.teacher_bytes), str(self.teacher)),
             ("compressed", f"{self.compressed_gaussians:,}", format_bytes(self.compressed_bytes), str(self.output)),
             ("", "", "", f"{self.fine_tune_iterations} fine-tune steps"),
             ("ratio", "", f"{self.ratio:.1f}x", ""),
@@ -159,7 +160,9 @@ def teacher_name(path: Path) -> str:
 def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: str = "auto", device: str = "auto",
              fine_tune_iterations: Optional[int] = None, fit_iterations: Optional[int] = None,
              run_dir: Path = Path("neuralgs-runs"), views: Optional[TeacherViews] = None,
-             experiment_name: Optional[str] = None, model_options: Optional[Dict[str, Any]] = None) -> CompressReport:
+             experiment_name: Optional[str] = None, model_options: Optional[Dict[str, Any]] = None,
+             inspect: Optional[Callable[[str, Any], None]] = None,
+             target_size: Optional[Union[int, str]] = None) -> CompressReport:
     """Compresses `teacher` into `output` with NeuralGS through nerfstudio's trainer.
 
     Args:
@@ -176,6 +179,10 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         views: virtual cameras when there is no `data`.
         experiment_name: the run's experiment name (default: the teacher's name).
         model_options: NeuralGSModelConfig fields to set (e.g. {"target_cluster_size": 2500}).
+        inspect: called as inspect("stage C", pipeline) after stages A-C and inspect("stage D",
+            pipeline) after fine-tuning, for diagnostics (benchmarks/bench_attributes.py).
+        target_size: the file's size, bytes or a string such as "500KB" (`rate.parse_size`);
+            the file is at most that and at least 90% of it. None: the preset's rate.
 
     Raises NeuralGSError (one line) for a missing output folder, an unavailable device or an
     unreadable teacher, before any long work.
@@ -183,11 +190,11 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     from neuralgs_ns.codec import CompressedScene
     from neuralgs_ns.codec.quantize import MAX_POSITION_BITS
     from neuralgs_ns.compress.importance import pruned_count
-    from neuralgs_ns.compress.rate import fine_tune_steps
+    from neuralgs_ns.compress.rate import fine_tune_steps, parse_size, prune_fraction_for_size
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
-    from neuralgs_ns.gaussians import load_teacher, ply_size
+    from neuralgs_ns.gaussians import load_teacher, teacher_bytes
     from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
-    from neuralgs_ns.models.neuralgs import resolve_preset
+    from neuralgs_ns.models.neuralgs import check_target_size, resolve_preset
     from neuralgs_ns.progress import StageTimer
 
     start = time.perf_counter()
@@ -198,26 +205,37 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     if bits is not None and not 1 <= bits <= MAX_POSITION_BITS:
         raise NeuralGSError(f"position bits must be between 1 and {MAX_POSITION_BITS}, got {bits}")
     device = resolve_device(device)
+    if target_size is not None:
+        try:
+            target_size = parse_size(target_size)
+        except ValueError as err:
+            raise NeuralGSError(f"--target-size: {err}") from None
     teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
     name = experiment_name or teacher_name(teacher)
     views = views if views is not None else TeacherViews()
     timer = StageTimer()
-    targets = data
-    if targets is None:
-        with timer.stage("Render teacher views"):
-            targets = render_teacher_dataset(teacher_gaussians, run_dir / f"{name}-views", views, device)
     config = neuralgs_trainer(preset)
     config.machine.device_type = device
-    config.pipeline.datamanager.dataparser = dataparser_for(targets)
-    config.pipeline.datamanager.data = targets
     config.pipeline.model.teacher = teacher
     config.pipeline.model.fit_iterations = fit_iterations
     for option, value in (model_options or {}).items():
         if not hasattr(config.pipeline.model, option):
             raise NeuralGSError(f"unknown NeuralGS model option {option!r}")
         setattr(config.pipeline.model, option, value)
+    if target_size is not None:
+        config.pipeline.model.target_size = str(target_size)
+    check_target_size(config.pipeline.model, teacher_gaussians, device)
+    targets = data
+    if targets is None:
+        with timer.stage("Render teacher views"):
+            targets = render_teacher_dataset(teacher_gaussians, run_dir / f"{name}-views", views, device)
+    config.pipeline.datamanager.dataparser = dataparser_for(targets)
+    config.pipeline.datamanager.data = targets
     if fine_tune_iterations is None and resolve_preset(preset, device) == "cpu":
-        kept = len(teacher_gaussians) - pruned_count(len(teacher_gaussians), config.pipeline.model.prune_fraction)
+        fraction = config.pipeline.model.prune_fraction
+        if target_size is not None:  # the model's first choice; it may prune more if the positions need it
+            fraction = prune_fraction_for_size(target_size, len(teacher_gaussians), fraction)
+        kept = len(teacher_gaussians) - pruned_count(len(teacher_gaussians), fraction)
         fine_tune_iterations = fine_tune_steps(config.max_num_iterations, kept)
     if fine_tune_iterations is not None:
         set_fine_tune_iterations(config, fine_tune_iterations)
@@ -228,9 +246,13 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     config.save_config()  # config.yml: what ns-viewer / ns-eval / ns-export load
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()  # stages A-C (NeuralGSPipeline)
+    if inspect is not None:
+        inspect("stage C", trainer.pipeline)
     with timer.stage("Stage D: fine-tune"):
         trainer.train()
     pipeline = trainer.pipeline
+    if inspect is not None:
+        inspect("stage D", pipeline)
     scene = CompressedScene.from_model(pipeline.model)
     n_bytes = scene.save(output)
     with timer.stage("Evaluate held-out views"):
@@ -242,7 +264,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     return CompressReport(
         teacher=teacher, output=output, teacher_gaussians=len(teacher_gaussians),
-        teacher_ply_bytes=ply_size(teacher_gaussians), compressed_gaussians=len(scene.positions),
+        teacher_bytes=teacher_bytes(teacher, teacher_gaussians), compressed_gaussians=len(scene.positions),
         compressed_bytes=n_bytes, psnr=metrics.get("psnr", math.nan), ssim=metrics.get("ssim", math.nan),
         lpips=metrics.get("lpips"), measured_against="dataset images" if data is not None else "teacher renders",
         eval_views=len(pipeline.datamanager.eval_dataset), stage_seconds=stages,

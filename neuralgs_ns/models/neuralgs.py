@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -26,26 +26,35 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from neuralgs_ns.codec.quantize import quantize_positions, snap_positions, storage_order
-from neuralgs_ns.compress.clustering import NormalizationTable, attribute_matrix, cluster_count, kmeans_clusters
-from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_gaussians, field_from_state_dict,
-                                        fit_field)
+from neuralgs_ns.codec.quantize import (dequantize_residuals, quantize_positions, residual_codes,
+                                        round_to_residual_steps, snap_positions, storage_order)
+from neuralgs_ns.compress.clustering import (NormalizationTable, attribute_count, attribute_groups, attribute_matrix,
+                                             cluster_count, kmeans_clusters)
+from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_gaussians, decode_normalized,
+                                        field_from_state_dict, fit_field)
 from neuralgs_ns.compress.guard import FineTuneGuard
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
-from neuralgs_ns.compress.rate import SNAP_PSNR_DB, capped_mlp_width, choose_position_bits
+from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan, capped_mlp_width,
+                                       choose_position_bits, choose_residual_step, mlp_bytes_per_cluster, parse_size,
+                                       plan_for_size, prune_fraction_for_size, residual_step_for_budget,
+                                       smallest_size)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.gaussians import SH_C0, Gaussians, load_teacher
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig, get_viewmat
 from neuralgs_ns.progress import StageTimer, progress_bar
 
 PresetName = Literal["auto", "neuralgs", "cpu"]
+COMPRESSED_FILE_NAME = "scene.ngs"
+"""What `ns-train neuralgs` writes into its run directory after the last step."""
+MIN_RESIDUAL_STEP = 0.001  # codes within +-RESIDUAL_RANGE then span 4001 values, under the coder's 4096
+AttributeGroup = Literal["opacity", "scales", "rotations", "dc", "sh_rest"]
 
 PRESETS: Dict[str, Dict[str, float]] = {
     # The paper's settings (NEURALGS.md): for a GPU.
     "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, target_cluster_size=20000,
                      min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000,
-                     max_mlp_bits_per_gaussian=math.inf),
+                     max_mlp_bits_per_gaussian=math.inf, residual_attributes=(), residual_step=None),
     # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
     # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
@@ -59,7 +68,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     # 194 KB and 30.68 dB with 11-bit positions and 3000 steps, against 280 KB and 30.86 dB.
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
                 fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
-                max_mlp_bits_per_gaussian=36),
+                max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None),
 }
 
 
@@ -68,6 +77,14 @@ def resolve_preset(name: PresetName, device: str) -> str:
     if name == "auto":
         return "neuralgs" if str(device).startswith("cuda") else "cpu"
     return name
+
+
+def _snapped_in_storage_order(means: Tensor, labels: Tensor, bits: int):
+    """(positions [N, 3] snapped to a `bits` grid and in the file's order, the grid [2, 3], the
+    order [N] that put them there)."""
+    positions, grid = snap_positions(means, bits)
+    order = storage_order(quantize_positions(positions, grid.to(means.device), bits), labels)
+    return positions[order], grid, order
 
 
 class TeacherError(NeuralGSError):
@@ -129,6 +146,22 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     of its exact renders on 8 training views (lego-200: 13 bits, the 50k .ply: 11)."""
     position_snap_psnr_db: float = SNAP_PSNR_DB
     """See position_bits."""
+    target_size: Optional[str] = None
+    """Size of the compressed file: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
+    is at most this and at least 90% of it: pruning, position grid, MLP width and the step of
+    the corrections are chosen to fit (`compress.rate`). None: the preset's rate."""
+    residual_attributes: Optional[Tuple[AttributeGroup, ...]] = None
+    """Attribute groups that also get a per-Gaussian correction of the MLP's prediction, stored
+    entropy coded as integer multiples of residual_step (`codec.residuals`) and trained in
+    stage D with the MLPs. Initialised to what the MLP misses of the teacher after stage C.
+    (preset: paper none, cpu none)."""
+    residual_step: Optional[float] = None
+    """Quantisation step of the corrections, in the normalised [-1, 1] attribute space: larger
+    is fewer bits and a coarser correction. None: chosen by residual_psnr_db (both presets)."""
+    residual_psnr_db: float = 40.0
+    """With residual_step unset: the coarsest step (0.5 down to 0.002, by factors of sqrt 2) at
+    which the stage C fit plus its corrections renders at this PSNR or more against the pruned
+    teacher on 8 training views."""
     fit_iterations: Optional[int] = None
     """Adam steps of stage C, all clusters at once (preset: paper 60000, cpu 1500)."""
     fit_batch_per_cluster: Optional[int] = None
@@ -137,6 +170,9 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """Initial learning rate of stage C (decays to 1% of it)."""
     loss: NeuralGSLossConfig = field(default_factory=NeuralGSLossConfig)
     """Stage D's fine-tuning loss."""
+    average_fraction: float = 0.0
+    """Replace the MLP weights and corrections at the end of stage D by their mean over this
+    last fraction of its steps (0: the last step's)."""
     fine_tune_guard: bool = True
     """Restart stage D from the stage C fit at a 10x smaller learning rate (at most twice) when
     its first steps raise the training loss above the fit's (`compress.guard`). Costs one render
@@ -162,6 +198,32 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
                            weight_precision=self.field_precision)
 
 
+def target_bytes(config: NeuralGSModelConfig) -> Optional[int]:
+    """`config.target_size` in bytes, or None; a NeuralGSError for a size that does not parse."""
+    if config.target_size is None:
+        return None
+    try:
+        return parse_size(config.target_size)
+    except ValueError as err:
+        raise NeuralGSError(f"--target-size: {err}") from None
+
+
+def check_target_size(config: NeuralGSModelConfig, teacher: Gaussians, device: str) -> None:
+    """Refuses, before any long work, a target size below the smallest file possible."""
+    target = target_bytes(config)
+    if target is None:
+        return
+    field_cfg = config.field_config(device)
+    n_attributes = attribute_count(teacher.sh_degree)
+    narrowest = mlp_bytes_per_cluster(field_cfg.n_frequencies, MIN_MLP_WIDTH, field_cfg.depth, n_attributes,
+                                      field_cfg.weight_precision)
+    floor = smallest_size(teacher.means, n_attributes, narrowest)
+    if target < floor:
+        raise NeuralGSError(f"--target-size {target:,} B is too small for {config.teacher}: the smallest file "
+                            f"possible is about {floor:,} B ({1 - MAX_PRUNE_FRACTION:.0%} of its {len(teacher):,} "
+                            f"Gaussians on a 10-bit grid, one MLP of width {MIN_MLP_WIDTH})")
+
+
 class NeuralGSModel(PortableSplatfactoModel):
     """Gaussians decoded from per-cluster MLPs; see the module docstring.
 
@@ -180,6 +242,13 @@ class NeuralGSModel(PortableSplatfactoModel):
         self.register_buffer("position_grid", torch.zeros(2, 3))  # origin and step of the stored positions
         self.register_buffer("attribute_mins", torch.zeros(0))
         self.register_buffer("attribute_maxs", torch.zeros(0))
+        # Per-Gaussian corrections [N, C] of attribute columns residual_columns [C], trained as
+        # float and evaluated at their stored steps residual_steps [C].
+        self.register_buffer("residual_columns", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("residual_steps", torch.zeros(0))
+        # Stage A's score of each kept Gaussian: which corrections a size target drops first.
+        self.register_buffer("importance", torch.zeros(0))
+        self.residuals = torch.nn.Parameter(torch.zeros(0, 0))
         self.field: Optional[ClusteredMLPField] = None
         self.stage_seconds: Dict[str, float] = {}
         self._field_version = 0  # bumped after every optimiser step
@@ -188,11 +257,17 @@ class NeuralGSModel(PortableSplatfactoModel):
         self.guard: Optional[FineTuneGuard] = None  # set after stage C (not on resume)
         self._guard_snapshot: Optional[Dict[str, Tensor]] = None  # the stage C weights
         self._last_step_loss: Optional[tuple] = None  # (training view, loss) of the current step
+        # The pruned teacher's normalised attributes in the model's order (stage C's targets),
+        # for diagnostics such as benchmarks/bench_attributes.py; not saved in checkpoints.
+        self.fit_targets: Optional[Tensor] = None
+        self._averages: Optional[List[Tensor]] = None  # running means of the last steps' weights
+        self._averaged = 0
 
     # --- stages A-C ----------------------------------------------------------------------
 
     def compress_teacher(self, datamanager) -> None:
-        """Stages A, B and C on the teacher, with the training views of `datamanager`."""
+        """Stages A, B and C on the teacher, with the training views of `datamanager`; with a
+        target size, each stage also takes its share of the plan (`compress.rate`)."""
         cfg = self.config
         if cfg.teacher is None:
             raise TeacherError("neuralgs needs a teacher: --pipeline.model.teacher PATH "
@@ -201,6 +276,9 @@ class NeuralGSModel(PortableSplatfactoModel):
         timer = StageTimer()
         with timer.stage("Load teacher"):
             teacher = load_teacher(cfg.teacher).to(device)
+            n_attributes = attribute_count(teacher.sh_degree)
+            target = self.target_bytes()
+            check_target_size(cfg, teacher, str(device))
             cameras = datamanager.train_dataset.cameras.to(device)
             views = [self._view(cameras[i : i + 1]) for i in range(len(cameras))]
             teacher = self._teacher_in_dataset_frame(teacher, views, datamanager)
@@ -208,44 +286,64 @@ class NeuralGSModel(PortableSplatfactoModel):
 
         with timer.stage("Stage A: importance"):
             with progress_bar("importance over training views", len(views)) as advance:
-                scores = importance_scores(teacher, views, beta=cfg.importance_beta, progress=advance)
-            keep = prune_mask(scores, cfg.prune_fraction)
-            teacher, scores = teacher.subset(keep), scores[keep]
-            CONSOLE.log(f"pruned {int((~keep).sum())} of {keep.numel()} Gaussians ({cfg.prune_fraction:.0%})")
+                all_scores = importance_scores(teacher, views, beta=cfg.importance_beta, progress=advance)
+            fraction = cfg.prune_fraction if target is None else prune_fraction_for_size(
+                target, len(teacher), cfg.prune_fraction)
 
         with timer.stage("Stage B: clustering"):
-            bits = cfg.position_bits
-            if bits is None:
-                from neuralgs_ns.compress.pipeline_run import frame_check_indices
+            from neuralgs_ns.compress.pipeline_run import frame_check_indices
 
-                checked = [views[i] for i in frame_check_indices(len(views), 8)]
-                bits, measured = choose_position_bits(teacher, checked, cfg.position_snap_psnr_db)
-                coarser = f"; {bits - 1} bits: {measured[bits - 1]:.1f} dB" if bits - 1 in measured else ""
-                CONSOLE.log(f"position grid: {bits} bits per axis (the teacher snapped to it renders at "
-                            f"{measured[bits]:.1f} dB of its exact renders{coarser})")
-
-            attributes = attribute_matrix(teacher)
-            table = NormalizationTable.fit(attributes)
-            normalized = table.normalize(attributes)
-            k = cluster_count(len(teacher), cfg.preset_value("target_cluster_size", str(device)), cfg.n_clusters,
-                              cfg.preset_value("min_clusters", str(device))) if cfg.clustering else 1
-            labels = kmeans_clusters(normalized, k, seed=cfg.seed).to(device)
-            # Snapped to the file's position grid, so the MLPs fit the positions a decoder sees,
-            # and put in the file's order (by cluster, then Morton order), so a decoded file
-            # lists the Gaussians in the model's order.
-            positions, grid = snap_positions(teacher.means, bits)
-            order = storage_order(quantize_positions(positions, grid.to(device), bits), labels)
-            positions, labels, normalized, scores = positions[order], labels[order], normalized[order], scores[order]
-            CONSOLE.log(f"{k} clusters, sizes {torch.bincount(labels, minlength=k).tolist()}")
+            checked = [views[i] for i in frame_check_indices(len(views), 8)]
+            while True:  # with a target size: prune more until the positions fit
+                keep = prune_mask(all_scores, fraction)
+                kept, scores = teacher.subset(keep), all_scores[keep]
+                attributes = attribute_matrix(kept)
+                table = NormalizationTable.fit(attributes)
+                normalized = table.normalize(attributes)
+                k = cluster_count(len(kept), cfg.preset_value("target_cluster_size", str(device)), cfg.n_clusters,
+                                  cfg.preset_value("min_clusters", str(device))) if cfg.clustering else 1
+                labels = kmeans_clusters(normalized, k, seed=cfg.seed).to(device)
+                bits = cfg.position_bits
+                if bits is None:
+                    bits, measured = choose_position_bits(kept, checked, cfg.position_snap_psnr_db)
+                    coarser = f"; {bits - 1} bits: {measured[bits - 1]:.1f} dB" if bits - 1 in measured else ""
+                    CONSOLE.log(f"position grid: {bits} bits per axis (the teacher snapped to it renders at "
+                                f"{measured[bits]:.1f} dB of its exact renders{coarser})")
+                # Snapped to the file's position grid, so the MLPs fit the positions a decoder sees,
+                # and put in the file's order (by cluster, then Morton order), so a decoded file
+                # lists the Gaussians in the model's order.
+                positions, grid, order = _snapped_in_storage_order(kept.means, labels, bits)
+                if target is None:
+                    break
+                plan = plan_for_size(target, positions, labels[order], bits, n_attributes,
+                                     self._planned_field_config(len(kept), k, n_attributes))
+                if plan is not None or fraction >= MAX_PRUNE_FRACTION:
+                    break
+                fraction = min(MAX_PRUNE_FRACTION, round(fraction + 0.05, 2))
+                CONSOLE.log(f"target size {target:,} B: the positions do not fit at this pruning; pruning "
+                            f"{fraction:.0%}")
+            if target is not None:
+                if plan is None:
+                    raise NeuralGSError(f"--target-size {target:,} B is too small for {cfg.teacher}: even at "
+                                        f"{MAX_PRUNE_FRACTION:.0%} pruning its positions do not fit")
+                if plan.position_bits != bits:
+                    bits = plan.position_bits
+                    positions, grid, order = _snapped_in_storage_order(kept.means, labels, bits)
+                CONSOLE.log(f"target size {target:,} B: {plan.summary()}")
+            labels, normalized, scores = labels[order], normalized[order], scores[order]
+            CONSOLE.log(f"pruned {len(teacher) - len(kept)} of {len(teacher)} Gaussians ({fraction:.0%}); {k} clusters, "
+                        f"sizes {torch.bincount(labels, minlength=k).tolist()}")
 
         with timer.stage("Stage C: fit MLPs"):
             field_cfg = cfg.field_config(str(device))
-            if cfg.field_width is None:
-                field_cfg.width = capped_mlp_width(field_cfg.width, len(teacher), k,
+            if target is not None:
+                field_cfg.width = plan.mlp_width
+            elif cfg.field_width is None:
+                field_cfg.width = capped_mlp_width(field_cfg.width, len(kept), k,
                                                    cfg.preset_value("max_mlp_bits_per_gaussian", str(device)),
-                                                   field_cfg.n_frequencies, field_cfg.depth, normalized.shape[1],
+                                                   field_cfg.n_frequencies, field_cfg.depth, n_attributes,
                                                    field_cfg.weight_precision)
-            mlp = ClusteredMLPField.from_points(field_cfg, positions, labels, normalized.shape[1],
+            mlp = ClusteredMLPField.from_points(field_cfg, positions, labels, n_attributes,
                                                 n_clusters=k, seed=cfg.seed).to(device)
             mlp.int8_active = False  # until the last int8_fraction of fine-tuning
             iterations = cfg.preset_value("fit_iterations", str(device))
@@ -258,13 +356,86 @@ class NeuralGSModel(PortableSplatfactoModel):
 
         self.positions, self.labels, self.position_grid = positions.detach(), labels, grid.to(device)
         self.attribute_mins, self.attribute_maxs = table.mins.to(device), table.maxs.to(device)
+        self.importance = scores.detach().float()
         self.field = mlp
+        self.fit_targets = normalized.detach()
         self.config.sh_degree = teacher.sh_degree
+        self._init_residuals(normalized, None if target is None else plan.residual_budget(), kept, checked)
         self._field_version += 1
         if cfg.fine_tune_guard:
             with timer.stage("Stage C: loss per view"):
                 self._arm_guard(datamanager)
         self.stage_seconds.update(timer.seconds)
+
+    def target_bytes(self) -> Optional[int]:
+        """The target size in bytes, or None."""
+        return target_bytes(self.config)
+
+    def _planned_field_config(self, n_gaussians: int, n_clusters: int, n_attributes: int) -> FieldPlan:
+        cfg, device = self.config, str(self.device)
+        field_cfg = cfg.field_config(device)
+        width = field_cfg.width if cfg.field_width is not None else capped_mlp_width(
+            field_cfg.width, n_gaussians, n_clusters, cfg.preset_value("max_mlp_bits_per_gaussian", device),
+            field_cfg.n_frequencies, field_cfg.depth, n_attributes, field_cfg.weight_precision)
+        return FieldPlan(field_cfg.n_frequencies, field_cfg.depth, field_cfg.weight_precision, width,
+                         corrections=bool(cfg.preset_value("residual_attributes", device)))
+
+    @torch.no_grad()
+    def _init_residuals(self, targets: Tensor, budget_bytes: Optional[float], teacher: Gaussians, views) -> None:
+        """The corrections of the configured attribute groups: what the fitted MLPs miss of
+        `targets` [N, D] (the teacher's normalised attributes in the model's order). Their step:
+        with `budget_bytes`, the finest that fits in it; else residual_step, or if that is
+        unset the coarsest at which the scene renders within residual_psnr_db of `teacher`
+        (the pruned teacher) on `views`."""
+        cfg = self.config
+        groups = attribute_groups(self.config.sh_degree)
+        names = cfg.preset_value("residual_attributes", str(self.device))
+        unknown = [name for name in names if name not in groups]
+        if unknown:
+            raise NeuralGSError(f"residual attributes {unknown} do not exist at SH degree {self.config.sh_degree} "
+                                f"(known: {', '.join(groups)})")
+        columns = [c for name in groups if name in names for c in range(groups[name].start, groups[name].stop)]
+        step = cfg.preset_value("residual_step", str(self.device))
+        if step is not None and not MIN_RESIDUAL_STEP <= step <= 2.0:
+            raise NeuralGSError(f"residual step must be between {MIN_RESIDUAL_STEP} and 2, got {step}")
+        predicted = self.field.decode(self.positions, self.labels)
+        missed = targets[:, columns] - predicted[:, columns]
+        if columns and budget_bytes is not None:
+            step = residual_step_for_budget(missed, self.labels, budget_bytes, MIN_RESIDUAL_STEP)
+        elif columns and step is None:
+            step, measured = choose_residual_step(self._fidelity(predicted, columns, missed, teacher, views),
+                                                  cfg.residual_psnr_db)
+            CONSOLE.log(f"correction step {step:.3g}: the stage C fit with them renders at {measured[step]:.1f} dB "
+                        f"of the teacher on {len(views)} training views")
+        step = float(step if step is not None else 1.0)
+        self.residual_columns = torch.tensor(columns, dtype=torch.long, device=self.device)
+        self.residual_steps = torch.full((len(columns),), step, device=self.device)
+        self.residuals = torch.nn.Parameter(missed.contiguous())
+        if columns:
+            codes = residual_codes(missed, self.residual_steps)
+            CONSOLE.log(f"residuals on {', '.join(n for n in groups if n in names)} ({len(columns)} columns, step "
+                        f"{step:g}): {float((codes != 0).float().mean()):.0%} of the codes nonzero")
+
+    def _fidelity(self, predicted: Tensor, columns: List[int], missed: Tensor, teacher: Gaussians, views):
+        """fidelity(step): mean PSNR over `views` of the stage C fit corrected at `step` against
+        the renders of `teacher` (the pruned teacher)."""
+        from neuralgs_ns.compress.clustering import gaussians_from_attributes
+        from neuralgs_ns.compress.pipeline_run import psnr
+
+        white = torch.ones(1, 3, device=self.device)
+        references = [teacher.render(vm[None], K[None], w, h, backgrounds=white)[0][0] for vm, K, w, h in views]
+        table = NormalizationTable(self.attribute_mins, self.attribute_maxs)
+
+        def fidelity(step: float) -> float:
+            steps = torch.full((len(columns),), step, device=self.device)
+            corrected = predicted.clone()
+            corrected[:, columns] += dequantize_residuals(residual_codes(missed, steps), steps)
+            g = gaussians_from_attributes(self.positions, table.denormalize(corrected), self.config.sh_degree)
+            scores = [psnr(g.render(vm[None], K[None], w, h, backgrounds=white)[0][0], ref)
+                      for (vm, K, w, h), ref in zip(views, references)]
+            return sum(scores) / len(scores)
+
+        return fidelity
 
     @torch.no_grad()
     def _arm_guard(self, datamanager) -> None:
@@ -280,7 +451,8 @@ class NeuralGSModel(PortableSplatfactoModel):
                 psnrs.append(float(self.get_metrics_dict(outputs, batch)["psnr"]))
                 advance()
         self.guard = FineTuneGuard(torch.tensor(losses))
-        self._guard_snapshot = {k: v.detach().clone() for k, v in self.field.state_dict().items()}
+        self._guard_snapshot = {**{f"field.{k}": v.detach().clone() for k, v in self.field.state_dict().items()},
+                                "residuals": self.residuals.detach().clone()}
         CONSOLE.log(f"stage C fit: {sum(psnrs) / len(psnrs):.2f} dB on the training views")
 
     def _view(self, camera: Cameras):
@@ -332,7 +504,16 @@ class NeuralGSModel(PortableSplatfactoModel):
 
     def _decode_now(self) -> Gaussians:
         return decode_gaussians(self.field, self.positions, self.labels, self.attribute_mins, self.attribute_maxs,
-                                self.config.sh_degree)
+                                self.config.sh_degree, self.residual_columns, self.stored_residuals())
+
+    def stored_residuals(self) -> Tensor:
+        """The corrections [N, C] at their stored steps (straight-through while training)."""
+        return round_to_residual_steps(self.residuals, self.residual_steps)
+
+    def normalized_attributes(self) -> Tensor:
+        """[N, D] decoded attributes in the normalised space (what stage C fits)."""
+        return decode_normalized(self.field, self.positions, self.labels, self.residual_columns,
+                                 self.stored_residuals())
 
     def gaussian_params(self) -> Dict[str, Tensor]:
         g = self.decode()
@@ -378,6 +559,8 @@ class NeuralGSModel(PortableSplatfactoModel):
 
     def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         groups = {"field": list(self.field.parameters()) if self.field is not None else []}
+        if self.residuals.numel():
+            groups["residuals"] = [self.residuals]
         self.camera_optimizer.get_param_groups(param_groups=groups)
         return groups
 
@@ -396,6 +579,39 @@ class NeuralGSModel(PortableSplatfactoModel):
                 self.field.int8_active = step >= int8_from
                 self._field_version += 1
 
+        def last_step() -> int:
+            return (trainer._start_step if trainer is not None else 0) + total - 1
+
+        def average(step: int) -> None:
+            # A running mean of the MLP weights and corrections over the last steps.
+            if self.field is None or step < last_step() + 1 - round(self.config.average_fraction * total):
+                return
+            params = [*self.field.parameters(), self.residuals]
+            if self._averages is None:
+                self._averages, self._averaged = [p.detach().clone() for p in params], 1
+            else:
+                self._averaged += 1
+                for mean, p in zip(self._averages, params):
+                    mean.add_(p.detach() - mean, alpha=1.0 / self._averaged)
+
+        def finish(step: int) -> None:
+            # After the last step, before the trainer's final checkpoint: the checkpoint and
+            # the file then hold the same scene.
+            if step == last_step() and self.field is not None:
+                if self._averages is not None:
+                    with torch.no_grad():
+                        for mean, p in zip(self._averages, [*self.field.parameters(), self.residuals]):
+                            p.copy_(mean)
+                    CONSOLE.log(f"stage D: the MLPs and corrections averaged over the last {self._averaged} steps")
+                    self._averages = None
+                self.fit_to_target_size()
+                self._field_version += 1
+                if trainer is not None:
+                    from neuralgs_ns.codec import CompressedScene
+
+                    size = CompressedScene.from_model(self).save(trainer.base_dir / COMPRESSED_FILE_NAME)
+                    CONSOLE.log(f"wrote {trainer.base_dir / COMPRESSED_FILE_NAME} ({size:,} bytes)")
+
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], select_precision),
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.step_cb,
@@ -403,7 +619,33 @@ class NeuralGSModel(PortableSplatfactoModel):
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._guard_step,
                              args=[training_callback_attributes.optimizers]),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], invalidate_cache),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], average),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], finish),
         ]
+
+    @torch.no_grad()
+    def fit_to_target_size(self) -> None:
+        """With a target size: drops the corrections that matter least (by importance and
+        size) until the file fits, when fine-tuning moved their entropy past the plan's margin."""
+        from neuralgs_ns.codec import CompressedScene
+        from neuralgs_ns.compress.rate import corrections_to_drop
+
+        target = self.target_bytes()
+        if target is None:
+            return
+        size, dropped = len(CompressedScene.from_model(self).to_bytes()), 0
+        while size > target and self.residuals.numel():
+            codes = residual_codes(self.residuals, self.residual_steps)
+            drop = corrections_to_drop(codes, self.residual_steps, self.importance, 8 * (size - target))
+            if not bool(drop.any()):
+                break
+            self.residuals.data[drop] = 0.0
+            dropped += int(drop.sum())
+            size = len(CompressedScene.from_model(self).to_bytes())
+        if dropped:
+            CONSOLE.log(f"target size {target:,} B: dropped {dropped:,} of the corrections to fit ({size:,} B)")
+        if size > target:
+            CONSOLE.log(f"[bold yellow]target size {target:,} B: the file takes {size:,} B")
 
     def _guard_step(self, optimizers, step: int) -> None:
         """After an optimiser step: feeds its loss to the guard, and when the guard says so
@@ -416,7 +658,11 @@ class NeuralGSModel(PortableSplatfactoModel):
             if not self.guard.watching:
                 self.guard, self._guard_snapshot = None, None  # done: free the snapshot
             return
-        self.field.load_state_dict(self._guard_snapshot)
+        snapshot = self._guard_snapshot
+        self.field.load_state_dict({k[len("field."):]: v for k, v in snapshot.items() if k.startswith("field.")})
+        self.residuals.data.copy_(snapshot["residuals"])
+        if "residuals" in optimizers.optimizers:
+            optimizers.optimizers["residuals"].state.clear()
         optimizer = optimizers.optimizers["field"]
         optimizer.state.clear()  # Adam's moments belong to the abandoned trajectory
         for group in optimizer.param_groups:
@@ -456,6 +702,14 @@ class NeuralGSModel(PortableSplatfactoModel):
         # else: loaded in place below, keeping the Parameters an optimiser may already hold
         for name in ("positions", "labels", "position_grid", "attribute_mins", "attribute_maxs"):
             setattr(self, name, state_dict[name].to(self.device).clone())
+        for name in ("residual_columns", "residual_steps", "importance"):  # absent from older checkpoints
+            if name in state_dict:
+                setattr(self, name, state_dict[name].to(self.device).clone())
+        residuals = state_dict.get("residuals", torch.zeros(self.positions.shape[0], 0))
+        if residuals.shape != self.residuals.shape:
+            self.residuals = torch.nn.Parameter(torch.zeros_like(residuals, device=self.device))
+        state_dict = {**state_dict, "residuals": residuals, "residual_columns": self.residual_columns,
+                      "residual_steps": self.residual_steps, "importance": self.importance}
         n_rest = (state_dict["attribute_mins"].shape[0] - 11) // 3
         self.config.sh_degree = int(round((n_rest + 1) ** 0.5)) - 1
         self._field_version += 1
