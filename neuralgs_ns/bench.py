@@ -14,9 +14,12 @@ row saying why, and the others still run.
     spz-gsply       SPZ v3 written and read back by gsply (independent of our writer)
     prune-40/-66    LightGaussian-style importance pruning only (no fine-tune), as PLY
     png-gsplat      gsplat 1.4.0's PngCompression (CUDA, torchpq and plas)
-    neuralgs-small  NeuralGS with fewer, larger clusters (smaller file)
-    neuralgs        NeuralGS with the preset's clusters
-    neuralgs-large  NeuralGS with more, smaller clusters (opt-in: --methods)
+    prune-40-spz, prune-66-spz
+                    the same pruning, then SPZ v2: what a careful user can assemble today
+    neuralgs        NeuralGS at its default rate
+    neuralgs@SIZE   NeuralGS with --target-size SIZE (e.g. neuralgs@500KB)
+    neuralgs-curve  NeuralGS at 0.5, 0.7, 1.4 and 2 times the default run's size (after
+                    `neuralgs`, or around the teacher's size / 50 without it)
 
 Layout of the output folder:
 
@@ -138,11 +141,15 @@ def _encode_ply_fp16(bench: "_Bench", path: Path) -> None:
     atomic_write_bytes(path, ply_fp16_bytes(bench.teacher))
 
 
-def _encode_spz(bench: "_Bench", path: Path) -> None:
+def _write_spz(gaussians: Gaussians, path: Path) -> None:
     from neuralgs_ns.export import spz_bytes
     from neuralgs_ns.utils import atomic_write_bytes
 
-    atomic_write_bytes(path, spz_bytes(bench.teacher))
+    atomic_write_bytes(path, spz_bytes(gaussians))
+
+
+def _encode_spz(bench: "_Bench", path: Path) -> None:
+    _write_spz(bench.teacher, path)
 
 
 def _encode_spz_gsply(bench: "_Bench", path: Path) -> None:
@@ -193,13 +200,13 @@ def _spz_unavailable() -> Optional[str]:
     return None
 
 
-def _encode_pruned(fraction: float, bench: "_Bench", path: Path) -> float:
+def _encode_pruned(fraction: float, bench: "_Bench", path: Path, writer: Optional[Callable] = None) -> float:
     from neuralgs_ns.compress.importance import prune_mask
     from neuralgs_ns.gaussians import write_ply
 
     scores, importance_seconds = bench.importance()
     start = time.perf_counter()
-    write_ply(bench.teacher.subset(prune_mask(scores, fraction).cpu()), path)
+    (writer or write_ply)(bench.teacher.subset(prune_mask(scores, fraction).cpu()), path)
     return importance_seconds + time.perf_counter() - start
 
 
@@ -237,35 +244,55 @@ def _decode_png(path: Path) -> Gaussians:
                      features_dc=s["sh0"].reshape(n, 3), features_rest=s.get("shN", torch.zeros(n, 0, 3)))
 
 
-# NeuralGS rate points: the preset's cluster size scaled, so "small" has fewer clusters (a
-# smaller file) and "large" more on either preset. On the CPU preset (5000 per cluster, at
-# least 12): small 10000 / 6, large 2500 / 24.
-RATE_POINTS = {"neuralgs-small": (2.0, "NeuralGS, fewer and larger clusters"),
-               "neuralgs": (1.0, "NeuralGS, the preset's clusters"),
-               "neuralgs-large": (0.5, "NeuralGS, more and smaller clusters")}
+CURVE_FACTORS = (0.5, 0.7, 1.4, 2.0)
+"""`neuralgs-curve`: NeuralGS at these multiples of the default run's file size."""
+CURVE = "neuralgs-curve"
 
 
-def rate_point_options(scale: float, preset: str, device: str) -> dict:
-    from neuralgs_ns.models.neuralgs import PRESETS, resolve_preset
+def sized_method_name(size: int) -> str:
+    """'neuralgs@<size>' for a target size in bytes, written as the user would (decimal units)."""
+    for unit, scale in (("MB", 10**6), ("KB", 10**3)):
+        if size >= scale and size % (scale // 1000 or 1) == 0:
+            text = f"{size / scale:.6g}"
+            if round(float(text) * scale) == size:  # exact: the name is the size
+                return f"neuralgs@{text}{unit}"
+    return f"neuralgs@{size}"
 
-    if scale == 1.0:
-        return {}
-    base = PRESETS[resolve_preset(preset, device)]
-    return {"target_cluster_size": int(base["target_cluster_size"] * scale),
-            "min_clusters": max(1, int(round(base["min_clusters"] / scale)))}
 
-
-def _encode_neuralgs(scale: float, bench: "_Bench", path: Path) -> float:
+def _encode_neuralgs(target_size: Optional[int], bench: "_Bench", path: Path) -> float:
     from neuralgs_ns.compress.run import compress, teacher_name
 
     start = time.perf_counter()
     report = compress(bench.teacher_path, path, data=bench.targets, preset=bench.preset, device=bench.device,
                       fine_tune_iterations=bench.fine_tune_iterations, fit_iterations=bench.fit_iterations,
-                      run_dir=bench.output_dir / "runs",
-                      experiment_name=f"{teacher_name(bench.teacher_path)}-{path.stem}",
-                      model_options=rate_point_options(scale, bench.preset, bench.device))
+                      run_dir=bench.output_dir / "runs", target_size=target_size,
+                      experiment_name=f"{teacher_name(bench.teacher_path)}-{path.stem}")
     # compress() ends by evaluating its held-out views: not encoding, left out.
     return time.perf_counter() - start - report.stage_seconds.get("Evaluate held-out views", 0.0)
+
+
+def curve_methods(rows: Sequence["BenchRow"], teacher_bytes: int) -> List[str]:
+    """The `neuralgs-curve` points: CURVE_FACTORS times the default run's size (its row in
+    `rows`), or times the teacher's bytes / 50 when there is no such row."""
+    default = next((r for r in rows if r.method == "neuralgs" and r.status == "ok"), None)
+    centre = default.bytes if default is not None else teacher_bytes / 50
+    return [sized_method_name(_three_digits(centre * factor)) for factor in CURVE_FACTORS]
+
+
+def _three_digits(size: float) -> int:
+    """`size` rounded to 3 significant digits (so its method name reads 352KB, not 352713B)."""
+    return int(round(size, 2 - int(math.floor(math.log10(max(size, 1))))))
+
+
+def neuralgs_method(name: str) -> Optional[Method]:
+    """The Method of 'neuralgs@SIZE' (SIZE as `rate.parse_size` reads it), else None."""
+    from neuralgs_ns.compress.rate import parse_size
+
+    if not name.startswith("neuralgs@"):
+        return None
+    size = parse_size(name[len("neuralgs@"):])
+    return Method(f"NeuralGS with --target-size {size:,} B", ".ngs", partial(_encode_neuralgs, size), _decode_ngs,
+                  in_teacher_frame=False)
 
 
 def _decode_ngs(path: Path) -> Gaussians:
@@ -284,12 +311,15 @@ METHODS: Dict[str, Method] = {
                         unavailable=_spz_unavailable),
     **{f"prune-{percent}": Method(f"importance pruning of {percent}%, no fine-tune, PLY", ".ply",
                                   partial(_encode_pruned, percent / 100), _read_ply) for percent in (40, 66)},
+    **{f"prune-{percent}-spz": Method(f"importance pruning of {percent}%, then SPZ v2 (read back by gsply)", ".spz",
+                                      partial(_encode_pruned, percent / 100, writer=_write_spz), read_spz_gsply,
+                                      unavailable=_spz_unavailable) for percent in (40, 66)},
     "png-gsplat": Method("gsplat 1.4.0 PngCompression (PLAS sort, PNGs, k-means SH)", "", _encode_png, _decode_png,
                          unavailable=_png_unavailable),
-    **{name: Method(description, ".ngs", partial(_encode_neuralgs, scale), _decode_ngs, in_teacher_frame=False)
-       for name, (scale, description) in RATE_POINTS.items()},
+    "neuralgs": Method("NeuralGS at its default rate", ".ngs", partial(_encode_neuralgs, None), _decode_ngs,
+                       in_teacher_frame=False),
 }
-DEFAULT_METHODS: Tuple[str, ...] = tuple(name for name in METHODS if name != "neuralgs-large")
+DEFAULT_METHODS: Tuple[str, ...] = (*METHODS, CURVE)
 
 
 # --- results ------------------------------------------------------------------------------
@@ -305,7 +335,7 @@ class BenchRow:
     path: Optional[str] = None
     bytes: Optional[int] = None
     ratio: Optional[float] = None
-    """Teacher PLY bytes over this method's bytes."""
+    """Teacher bytes (the file as given) over this method's bytes."""
     gaussians: Optional[int] = None
     encode_seconds: Optional[float] = None
     decode_seconds: Optional[float] = None
@@ -329,7 +359,8 @@ class BenchRow:
 class BenchResult:
     teacher: Path
     teacher_gaussians: int
-    teacher_ply_bytes: int
+    teacher_bytes: int
+    """What every ratio divides: the teacher file as given (`gaussians.teacher_bytes`)."""
     targets: Path
     """The dataset the views come from: --data, or the teacher's renders."""
     has_ground_truth: bool
@@ -366,7 +397,7 @@ class BenchResult:
         refs = (["gt"] if self.has_ground_truth else []) + ["teacher"]
         metrics = [m for m in ("psnr", "ssim", "lpips") if m != "lpips" or any(
             getattr(r, f"lpips_{ref}") is not None for r in self.rows for ref in refs)]
-        header = ["method", "size", "vs PLY", "Gaussians", "encode", "decode", "render/view"]
+        header = ["method", "size", "ratio", "Gaussians", "encode", "decode", "render/view"]
         header += [f"{m.upper()} {'GT' if ref == 'gt' else 'teacher'}" for ref in refs for m in metrics]
         cells = [header]
         for r in self.rows:
@@ -570,12 +601,18 @@ def _remove(path: Path) -> None:
 def _check_options(teacher: Path, output_dir: Path, data: Optional[Path], methods: Sequence[str],
                    fine_tune_iterations: Optional[int], fit_iterations: Optional[int], views: TeacherViews) -> None:
     """One-line NeuralGSErrors for what can be checked before any long work."""
-    unknown = [m for m in methods if m not in METHODS]
+    known = f"known: {', '.join(METHODS)}, {CURVE}, neuralgs@SIZE"
+    unknown = []
+    for m in methods:
+        try:
+            if m not in METHODS and m != CURVE and neuralgs_method(m) is None:
+                unknown.append(m)
+        except ValueError as err:  # neuralgs@SIZE with a SIZE that does not parse
+            raise NeuralGSError(f"method {m!r}: {err}") from None
     if unknown:
-        raise NeuralGSError(f"unknown method{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} "
-                            f"(known: {', '.join(METHODS)})")
+        raise NeuralGSError(f"unknown method{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} ({known})")
     if not methods:
-        raise NeuralGSError(f"--methods is empty (known: {', '.join(METHODS)})")
+        raise NeuralGSError(f"--methods is empty ({known})")
     if not output_dir.parent.is_dir():
         raise NeuralGSError(f"{output_dir}: its parent folder {output_dir.parent} does not exist")
     if output_dir.exists() and not output_dir.is_dir():
@@ -600,7 +637,7 @@ def run_bench(teacher: Path, output_dir: Path, data: Optional[Path] = None,
 
     from neuralgs_ns.compress.pipeline_run import dataparser_for, dataset_views, render_teacher_dataset
     from neuralgs_ns.compress.run import resolve_device
-    from neuralgs_ns.gaussians import load_teacher, ply_size
+    from neuralgs_ns.gaussians import load_teacher, teacher_bytes
     from neuralgs_ns.models.portable_splatfacto import load_lpips
     from neuralgs_ns.progress import progress_bar
 
@@ -660,13 +697,18 @@ def run_bench(teacher: Path, output_dir: Path, data: Optional[Path] = None,
     bench.references["teacher"] = teacher_renders
     strip["teacher"] = teacher_renders[strip_view]
 
-    teacher_ply_bytes = ply_size(teacher_gaussians)
-    rows = []
-    for name in methods:
+    reference_bytes = teacher_bytes(teacher, teacher_gaussians)
+    rows: List[BenchRow] = []
+    queue = list(methods)
+    while queue:
+        name = queue.pop(0)
+        if name == CURVE:
+            queue[:0] = [m for m in curve_methods(rows, reference_bytes) if m not in methods]
+            continue
         CONSOLE.rule(f"[bold]{name}")
-        row, image = _run_method(name, bench, teacher_ply_bytes, strip_view)
+        row, image = _run_method(name, bench, reference_bytes, strip_view)
         rows.append(row)
-        if image is not None:
+        if image is not None and not name.startswith("neuralgs@"):  # the strip shows the default point
             strip[name] = image
         if row.status != "ok":
             CONSOLE.print(f"[bold yellow]{name}: {row.status}: {row.reason}")
@@ -675,17 +717,17 @@ def run_bench(teacher: Path, output_dir: Path, data: Optional[Path] = None,
                  "encode is its whole compress() run except its held-out evaluation")
     if any(r.status == "ok" and r.psnr_teacher is not None and r.psnr_teacher >= LOSSLESS_PSNR for r in rows):
         notes.append("'lossless': renders identical to the teacher's (PSNR is infinite; psnr() reports 100 dB)")
-    return BenchResult(teacher=teacher, teacher_gaussians=len(teacher_gaussians), teacher_ply_bytes=teacher_ply_bytes,
+    return BenchResult(teacher=teacher, teacher_gaussians=len(teacher_gaussians), teacher_bytes=reference_bytes,
                        targets=targets, has_ground_truth=data is not None, eval_views=len(cameras),
                        image_size=(cameras[0][2], cameras[0][3]), device=device, command=command,
                        machine=_machine(device), rows=rows, notes=notes, strip_view=strip_view, strip=strip)
 
 
-def _run_method(name: str, bench: _Bench, teacher_ply_bytes: int, strip_view: int) -> Tuple[BenchRow, Optional[Tensor]]:
+def _run_method(name: str, bench: _Bench, reference_bytes: int, strip_view: int) -> Tuple[BenchRow, Optional[Tensor]]:
     """One method's row (and its render of the pictured view); its failure is the row's error."""
     from neuralgs_ns.progress import progress_bar
 
-    method = METHODS[name]
+    method = METHODS.get(name) or neuralgs_method(name)
     row = BenchRow(method=name, description=method.description)
     try:
         reason = method.unavailable()
@@ -698,7 +740,7 @@ def _run_method(name: str, bench: _Bench, teacher_ply_bytes: int, strip_view: in
         seconds = method.encode(bench, path)
         row.encode_seconds = time.perf_counter() - start if seconds is None else seconds
         row.path, row.bytes = str(path), _path_bytes(path)
-        row.ratio = teacher_ply_bytes / row.bytes
+        row.ratio = reference_bytes / row.bytes
         with progress_bar(f"{name}: decode, render", 1 + len(bench.views)) as advance:
             start = time.perf_counter()
             gaussians = method.decode(path)
@@ -732,22 +774,38 @@ def write_outputs(result: BenchResult, output_dir: Path) -> Dict[str, Path]:
     return paths
 
 
+# Rate-distortion curves of the plot: method name patterns joined by a line, in size order.
+PLOT_CURVES = (("NeuralGS (--target-size)", "tab:red", lambda m: m == "neuralgs" or m.startswith("neuralgs@")),
+               ("importance pruning + SPZ", "tab:green", lambda m: m in ("spz", "prune-40-spz", "prune-66-spz")),
+               ("importance pruning (PLY)", "tab:gray", lambda m: m in ("ply", "prune-40", "prune-66")))
+
+
 def rd_plot_png(result: BenchResult) -> bytes:
-    """Size (log x) against PSNR, one labelled marker per method that ran; lossless rows sit at
-    the top edge as upward triangles."""
+    """Size (log x) against PSNR: the rate-distortion curves of PLOT_CURVES (NeuralGS's target
+    sizes, pruning with and without SPZ) as lines, every method that ran as a labelled marker
+    (NeuralGS's default as a star); lossless rows sit at the top edge as upward triangles."""
     from matplotlib.figure import Figure
 
     rows = [r for r in result.rows if r.status == "ok" and r.psnr is not None]
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
+
+    def y_of(r: BenchRow) -> float:
+        return min(r.psnr, PLOT_PSNR_CEILING)
+
+    for label, color, member in PLOT_CURVES:
+        curve = sorted((r for r in rows if member(r.method)), key=lambda r: r.bytes)
+        if len(curve) >= 2:
+            ax.plot([r.bytes for r in curve], [y_of(r) for r in curve], color=color, alpha=0.6, zorder=2, label=label)
     for r in rows:
         capped = r.psnr > PLOT_PSNR_CEILING
-        y = PLOT_PSNR_CEILING if capped else r.psnr
         is_neuralgs = r.method.startswith("neuralgs")
-        ax.scatter([r.bytes], [y], marker="^" if capped else ("*" if is_neuralgs else "o"),
-                   s=120 if is_neuralgs else 50, color="tab:red" if is_neuralgs else "tab:blue", zorder=3)
+        marker = "^" if capped else ("*" if r.method == "neuralgs" else "o")
+        ax.scatter([r.bytes], [y_of(r)], marker=marker, s=140 if r.method == "neuralgs" else 40,
+                   color="tab:red" if is_neuralgs else "tab:blue", zorder=3)
         suffix = " (lossless)" if r.psnr >= LOSSLESS_PSNR else f" (>{PLOT_PSNR_CEILING:g})" if capped else ""
-        ax.annotate(r.method + suffix, (r.bytes, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        name = r.method[len("neuralgs"):] if r.method.startswith("neuralgs@") else r.method
+        ax.annotate(name + suffix, (r.bytes, y_of(r)), textcoords="offset points", xytext=(6, 4), fontsize=7)
     ax.set_xscale("log")
     ax.margins(x=0.2)  # room for the labels of the outermost markers
     ax.set_xlabel("file size (bytes)")
@@ -755,6 +813,8 @@ def rd_plot_png(result: BenchResult) -> bytes:
     ax.set_title(f"{result.teacher_label}: {result.teacher_gaussians:,} Gaussians, {result.eval_views} held-out views",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    if any(len([r for r in rows if member(r.method)]) >= 2 for _, _, member in PLOT_CURVES):
+        ax.legend(fontsize=8, loc="lower right")
     if rows:
         lo = min(min(r.psnr for r in rows), PLOT_PSNR_CEILING) - 2
         ax.set_ylim(lo, PLOT_PSNR_CEILING + 2 if any(r.psnr > PLOT_PSNR_CEILING for r in rows) else None)

@@ -22,8 +22,9 @@ from neuralgs_ns import bench
 from neuralgs_ns.cli import main as neuralgs_cli
 from neuralgs_ns.gaussians import Gaussians, ply_size, write_ply
 
-N = 300
-METHODS = ["ply", "ply-fp16", "spz", "spz-gsply", "prune-40", "prune-66", "png-gsplat", "neuralgs-small"]
+N = 3000  # enough that half the default NeuralGS file is above the smallest possible
+METHODS = ["ply", "ply-fp16", "spz", "spz-gsply", "prune-40", "prune-66", "prune-40-spz", "png-gsplat", "neuralgs",
+           "neuralgs-curve"]
 FAILING = "prune-66"  # its encoder is replaced by one that raises
 TINY_VIEWS = ["--views.n-train", "4", "--views.n-val", "2", "--views.resolution", "32"]
 TINY_NEURALGS = ["--neuralgs-fit-iterations", "10", "--neuralgs-fine-tune-iterations", "3", "--device", "cpu"]
@@ -80,15 +81,19 @@ def test_outputs_exist_and_describe_the_run(run):
     with Image.open(out / "strip.png") as strip:
         # teacher, five methods that ran, error map: at least 7 square panels side by side
         assert strip.width > 6 * strip.height > 0
-    assert [row["method"] for row in results["rows"]] == METHODS
+    # neuralgs-curve expands into its rate points, after the default run they scale
+    names = [row["method"] for row in results["rows"]]
+    assert names[: len(METHODS) - 1] == METHODS[:-1]
+    assert len(names) == len(METHODS) - 1 + len(bench.CURVE_FACTORS)
+    assert all(name.startswith("neuralgs@") for name in names[len(METHODS) - 1 :])
     assert results["machine"]["cpu_count"] >= 1 and results["machine"]["torch"] == torch.__version__
     assert results["machine"]["device"] == "cpu" and results["machine"]["date"]
     assert results["command"].startswith("neuralgs bench ") and "--methods ply ply-fp16" in results["command"]
     assert results["has_ground_truth"] is False and results["eval_views"] == 2
     assert any("teacher's renders" in note for note in results["notes"])
     md = (out / "results.md").read_text()
-    assert results["command"] in md and "| method | size | vs PLY |" in md
-    assert all(f"| {m} |" in md for m in METHODS)
+    assert results["command"] in md and "| method | size | ratio |" in md
+    assert all(f"| {m} |" in md for m in METHODS if m != "neuralgs-curve")
     assert "PSNR GT" not in md  # no ground truth without --data
 
 
@@ -96,7 +101,7 @@ def test_ply_row_is_the_teacher(run):
     _, out, results = run
     row = _rows(results)["ply"]
     assert row["status"] == "ok" and row["ratio"] == 1.0 and row["gaussians"] == N
-    assert row["bytes"] == results["teacher_ply_bytes"] == ply_size(random_teacher())
+    assert row["bytes"] == results["teacher_bytes"] == ply_size(random_teacher())
     assert row["bytes"] == (out / "files/ply.ply").stat().st_size
     assert row["psnr_teacher"] > 40 and row["ssim_teacher"] > 0.99
     assert row["psnr_gt"] is None
@@ -113,7 +118,7 @@ def test_fp16_ply_is_half_the_floats(run):
     assert _ply_header(out / "files/ply-fp16.ply") == half_header
     row = _rows(results)["ply-fp16"]
     assert row["bytes"] == len(half_header) + N * n_props * 2
-    assert row["ratio"] == pytest.approx(results["teacher_ply_bytes"] / row["bytes"])
+    assert row["ratio"] == pytest.approx(results["teacher_bytes"] / row["bytes"])
     assert 1.9 < row["ratio"] < 2.0
     assert row["gaussians"] == N and row["psnr_teacher"] > 40
 
@@ -181,7 +186,7 @@ def test_injected_failure_is_one_row(run):
     assert rows[FAILING]["bytes"] is None
     assert f"{FAILING}: error: RuntimeError: injected failure" in (out / "results.md").read_text()
     # the methods after it still ran
-    assert rows["neuralgs-small"]["status"] == "ok"
+    assert rows["neuralgs"]["status"] == "ok"
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and find_spec("torchpq") is not None and find_spec("plas") is not None,
@@ -194,18 +199,38 @@ def test_png_gsplat_unavailable_with_reason(run):
     assert "png-gsplat: unavailable: " in (out / "results.md").read_text()
 
 
-def test_neuralgs_rate_point(run):
+def test_neuralgs_default_and_its_curve_of_target_sizes(run):
     _, out, results = run
-    row = _rows(results)["neuralgs-small"]
-    path = out / "files/neuralgs-small.ngs"
+    rows = _rows(results)
+    row = rows["neuralgs"]
+    path = out / "files/neuralgs.ngs"
     assert row["status"] == "ok" and row["path"] == str(path) and row["bytes"] == path.stat().st_size
-    assert row["bytes"] < results["teacher_ply_bytes"]
+    assert row["bytes"] < results["teacher_bytes"]
     assert row["gaussians"] == N - round(0.4 * N)  # NeuralGS prunes 40% before fitting
     assert math.isfinite(row["psnr_teacher"]) and row["encode_seconds"] > row["decode_seconds"]
-    # nerfstudio's run folder is named after the teacher and the rate point, whatever the model options
-    assert [p.name for p in (out / "runs").iterdir() if (p / "neuralgs").is_dir()] == ["teacher-neuralgs-small"]
-    assert bench.rate_point_options(2.0, "cpu", "cpu") == {"target_cluster_size": 10000, "min_clusters": 6}
-    assert bench.rate_point_options(0.5, "cpu", "cpu") == {"target_cluster_size": 2500, "min_clusters": 24}
+    # The curve: 0.5, 0.7, 1.4 and 2 times the default's size (3 significant digits), each
+    # file within 90-100% of its target; nerfstudio runs named after the teacher and the point.
+    curve = [r for r in results["rows"] if r["method"].startswith("neuralgs@")]
+    targets = [bench._three_digits(row["bytes"] * f) for f in bench.CURVE_FACTORS]
+    assert [r["method"] for r in curve] == [bench.sized_method_name(t) for t in targets]
+    for r, target in zip(curve, targets):
+        assert r["status"] == "ok", r["reason"]
+        assert 0.9 * target <= r["bytes"] <= target, (r["method"], r["bytes"])
+    runs = sorted(p.name for p in (out / "runs").iterdir() if (p / "neuralgs").is_dir())
+    assert runs == sorted(["teacher-neuralgs"] + [f"teacher-{r['method']}" for r in curve])
+
+
+def test_pruning_then_spz_is_the_pruned_teacher_in_spz(run):
+    from neuralgs_ns.export import spz_bytes
+
+    _, out, results = run
+    row = _rows(results)["prune-40-spz"]
+    assert row["status"] == "ok" and row["gaussians"] == round(0.6 * N)
+    assert row["bytes"] == (out / "files/prune-40-spz.spz").stat().st_size
+    assert row["bytes"] < _rows(results)["spz"]["bytes"] and row["bytes"] < _rows(results)["prune-40"]["bytes"]
+    # the same Gaussians as prune-40 (read back by gsply), SPZ-quantised
+    pruned = read_ply_gaussians(out / "files/prune-40.ply")
+    assert row["bytes"] == len(spz_bytes(pruned))
 
 
 class FakeLPIPS(torch.nn.Module):
@@ -235,17 +260,25 @@ def test_with_data_scores_against_ground_truth(run, tmp_path, monkeypatch):
     assert any(note.startswith("teacher frame: as stored") for note in results["notes"])
 
 
-@pytest.mark.parametrize("problem", ["unknown method", "missing teacher", "missing parent"])
+def read_ply_gaussians(path):
+    from neuralgs_ns.gaussians import read_ply
+
+    return read_ply(path)
+
+
+@pytest.mark.parametrize("problem", ["unknown method", "bad size", "missing teacher", "missing parent"])
 def test_bad_options_fail_in_one_line(tmp_path, capsys, problem):
     teacher = tmp_path / "t.ply"
     write_ply(random_teacher(n=10), teacher)
     out = tmp_path / "out"
     args = {"unknown method": [str(teacher), "--output-dir", str(out), "--methods", "ply", "draco"],
+            "bad size": [str(teacher), "--output-dir", str(out), "--methods", "neuralgs@12parsecs"],
             "missing teacher": [str(tmp_path / "nope.ply"), "--output-dir", str(out)],
             "missing parent": [str(teacher), "--output-dir", str(tmp_path / "a" / "b")]}[problem]
     assert neuralgs_cli(["bench", *args]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("neuralgs: error: ") and "\n" not in err
-    expected = {"unknown method": "'draco'", "missing teacher": "nope.ply", "missing parent": "does not exist"}
+    expected = {"unknown method": "'draco'", "bad size": "'12parsecs' is not a size", "missing teacher": "nope.ply",
+                "missing parent": "does not exist"}
     assert expected[problem] in err
     assert not out.exists()  # failed before any work
