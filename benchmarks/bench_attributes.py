@@ -102,6 +102,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fit-iterations", type=int)
     parser.add_argument("--fine-tune-iterations", type=int)
+    parser.add_argument("--target-size", help="compress --target-size (default: the preset's rate)")
     parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--steps", type=float, nargs="*", default=[0.01, 0.02, 0.05, 0.1],
                         help="after stage C: correction steps to price per group (normalised units)")
@@ -127,13 +128,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     report = compress(args.teacher, args.run_dir / "attributes.ngs", data=args.data, preset=args.preset,
                       device=args.device, fine_tune_iterations=args.fine_tune_iterations,
                       fit_iterations=args.fit_iterations, run_dir=args.run_dir, views=TeacherViews(),
-                      model_options=options, inspect=inspect)
+                      model_options=options, inspect=inspect, target_size=args.target_size)
     against = "the dataset's val images" if args.data is not None else "the teacher's renders"
     print(f"\n{args.teacher}: {report.compressed_gaussians:,} Gaussians, {report.compressed_bytes:,} B "
           f"({report.ratio:.1f}x), PSNR against {against}, seed {args.seed}\n")
     for stage in ("stage C", "stage D"):
         print(format_table(stage, results[stage]) + "\n")
     out = {"teacher": str(args.teacher), "data": None if args.data is None else str(args.data), "seed": args.seed,
+           "target_size": args.target_size,
            "model_options": options, "against": against, "stages": results, "report": report.to_dict()}
     if args.json_out is not None:
         atomic_write_bytes(args.json_out, (json.dumps(out, indent=2, default=str) + "\n").encode())

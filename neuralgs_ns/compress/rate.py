@@ -300,7 +300,7 @@ def corrections_to_drop(codes: Tensor, steps: Tensor, importance: Tensor, excess
         values, counts = torch.unique(codes[:, c], return_counts=True)
         p = counts.double() / counts.sum()
         p_zero = float(p[values == 0].sum()) or 1.0 / len(codes)
-        bits = -torch.log2(p[torch.searchsorted(values, codes[:, c])])
+        bits = -torch.log2(p[torch.searchsorted(values, codes[:, c].contiguous())])
         saved[:, c] = (bits - (-math.log2(p_zero))).clamp_min(1e-3)
     harm = importance[:, None].double() * (codes.double() * steps.cpu().double()) ** 2
     candidates = (codes != 0).flatten().nonzero()[:, 0]
