@@ -81,7 +81,17 @@ class Method:
 def _encode_ply(bench: "_Bench", path: Path) -> None:
     from neuralgs_ns.gaussians import write_ply
 
-    write_ply(bench.teacher, path)
+    # The teacher as the user has it: a .ply keeps its normals or their absence, so this row
+    # is the file every ratio divides; a checkpoint gets the normals ns-export writes.
+    write_ply(bench.teacher, path, normals=_ply_has_normals(bench.teacher_path))
+
+
+def _ply_has_normals(path: Path) -> bool:
+    if Path(path).suffix.lower() != ".ply":
+        return True
+    with open(path, "rb") as f:
+        header = f.read(1 << 16).split(b"end_header", 1)[0]  # a 3DGS header is well under 64 KiB
+    return any(line.split()[-1:] == [b"nx"] for line in header.splitlines() if line.startswith(b"property"))
 
 
 def _read_ply(path: Path) -> Gaussians:

@@ -282,3 +282,17 @@ def test_bad_options_fail_in_one_line(tmp_path, capsys, problem):
                 "missing parent": "does not exist"}
     assert expected[problem] in err
     assert not out.exists()  # failed before any work
+
+
+def test_the_ply_row_is_the_teacher_file_as_given_without_normals(tmp_path):
+    """A .ply without normals (as many exported splats are) is benched as it is: the ply row
+    is its bytes on disk, ratio 1, not a larger PLY with normals added."""
+    teacher = tmp_path / "no-normals.ply"
+    write_ply(random_teacher(n=200, degree=0), teacher, normals=False)
+    out = tmp_path / "out"
+    code = neuralgs_cli(["bench", str(teacher), "--output-dir", str(out), "--methods", "ply", *TINY_VIEWS,
+                         "--device", "cpu"])
+    assert code == 0
+    row = _rows(json.loads((out / "results.json").read_text()))["ply"]
+    assert row["bytes"] == teacher.stat().st_size == (out / "files/ply.ply").stat().st_size
+    assert row["ratio"] == 1.0 and b"property float nx" not in _ply_header(out / "files/ply.ply")
