@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuralgs_ns.codec.quantize import MAX_POSITION_BITS, snap_positions
+from neuralgs_ns.codec.quantize import MAX_POSITION_BITS, residual_codes, snap_positions
 from neuralgs_ns.gaussians import Gaussians
 
 MIN_AUTO_POSITION_BITS = 10
@@ -177,8 +177,6 @@ def residual_bytes(values: Tensor, step: float, labels: Tensor) -> int:
     """What corrections `values` [N, C] (normalised units) cost in the file at `step`: the
     residual table plus every cluster's stream (`codec.planned_bytes`' pricing)."""
     from neuralgs_ns.codec.residuals import ResidualTable
-
-    from neuralgs_ns.codec.quantize import residual_codes
 
     codes = residual_codes(values.cpu(), torch.full((values.shape[1],), step)).numpy()
     sizes = torch.bincount(labels.cpu()).numpy()
