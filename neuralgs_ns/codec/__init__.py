@@ -223,8 +223,7 @@ def planned_bytes(positions: Tensor, labels: Tensor, grid: Tensor, bits: int, n_
     if len(residual_columns):
         codes = np.asarray(residual_codes, dtype=np.int64)
         table = residual_coder.ResidualTable.fit(codes, list(residual_columns), list(residual_steps))
-        words = sum(int(np.ceil(table.ideal_bits(codes[starts[i] : starts[i + 1]]) / 32)) + 1 for i in range(k))
-        parts["residuals"] = len(table.to_bytes()) + 4 * k + 4 * words
+        parts["residuals"] = residual_coder.planned_bytes(codes, table, sizes)
         n_sections += k
     else:
         parts["residuals"] = 2  # RTAB: an empty table

@@ -107,6 +107,16 @@ class ResidualTable:
         return total
 
 
+def planned_bytes(codes: np.ndarray, table: ResidualTable, cluster_sizes: Sequence[int]) -> int:
+    """Bytes of `table` and of one stream (`encode_cluster`) per cluster of codes [N, C], the
+    clusters being consecutive runs of `cluster_sizes` rows: each stream priced at its ideal
+    code length rounded up to whole ANS words, plus a word (at most one over per cluster)."""
+    starts = np.concatenate([[0], np.cumsum(cluster_sizes)]).astype(np.int64)
+    words = sum(int(np.ceil(table.ideal_bits(codes[starts[i] : starts[i + 1]]) / 32)) + 1
+                for i in range(len(cluster_sizes)))
+    return len(table.to_bytes()) + 4 * len(cluster_sizes) + 4 * words
+
+
 def encode_cluster(codes: np.ndarray, table: ResidualTable) -> bytes:
     """One cluster's codes [n, C] -> u32 count of ANS words, then the words (little-endian u32).
     Columns are pushed last to first, so a reader pops them first to last."""

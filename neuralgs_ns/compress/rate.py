@@ -16,9 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -116,6 +115,19 @@ def parse_size(size: Union[str, int]) -> int:
     return n
 
 
+def target_size_bytes(size: Union[str, int, None]) -> Optional[int]:
+    """`parse_size` for the --target-size option: None stays None; a size that does not parse
+    is a one-line NeuralGSError."""
+    from neuralgs_ns.errors import NeuralGSError
+
+    if size is None:
+        return None
+    try:
+        return parse_size(size)
+    except ValueError as err:
+        raise NeuralGSError(f"--target-size: {err}") from None
+
+
 # --- a file of a given size (--target-size) ---------------------------------------------------
 
 MAX_PRUNE_FRACTION = 0.9
@@ -176,14 +188,11 @@ def widest_mlp_within(budget_bytes: float, n_clusters: int, max_width: int, n_fr
 def residual_bytes(values: Tensor, step: float, labels: Tensor) -> int:
     """What corrections `values` [N, C] (normalised units) cost in the file at `step`: the
     residual table plus every cluster's stream (`codec.planned_bytes`' pricing)."""
-    from neuralgs_ns.codec.residuals import ResidualTable
+    from neuralgs_ns.codec.residuals import ResidualTable, planned_bytes
 
     codes = residual_codes(values.cpu(), torch.full((values.shape[1],), step)).numpy()
-    sizes = torch.bincount(labels.cpu()).numpy()
-    starts = np.concatenate([[0], np.cumsum(sizes)])
     table = ResidualTable.fit(codes, list(range(codes.shape[1])), [step] * codes.shape[1])
-    words = sum(int(np.ceil(table.ideal_bits(codes[starts[i] : starts[i + 1]]) / 32)) + 1 for i in range(len(sizes)))
-    return len(table.to_bytes()) + 4 * len(sizes) + 4 * words
+    return planned_bytes(codes, table, torch.bincount(labels.cpu()).numpy())
 
 
 def residual_step_for_budget(values: Tensor, labels: Tensor, budget_bytes: float, min_step: float,

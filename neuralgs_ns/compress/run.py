@@ -190,7 +190,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     from neuralgs_ns.codec import CompressedScene
     from neuralgs_ns.codec.quantize import MAX_POSITION_BITS
     from neuralgs_ns.compress.importance import pruned_count
-    from neuralgs_ns.compress.rate import fine_tune_steps, parse_size, prune_fraction_for_size
+    from neuralgs_ns.compress.rate import fine_tune_steps, prune_fraction_for_size, target_size_bytes
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
     from neuralgs_ns.gaussians import load_teacher, teacher_bytes
     from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
@@ -205,11 +205,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     if bits is not None and not 1 <= bits <= MAX_POSITION_BITS:
         raise NeuralGSError(f"position bits must be between 1 and {MAX_POSITION_BITS}, got {bits}")
     device = resolve_device(device)
-    if target_size is not None:
-        try:
-            target_size = parse_size(target_size)
-        except ValueError as err:
-            raise NeuralGSError(f"--target-size: {err}") from None
+    target_size = target_size_bytes(target_size)
     teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
     name = experiment_name or teacher_name(teacher)
     views = views if views is not None else TeacherViews()

@@ -36,9 +36,9 @@ from neuralgs_ns.compress.guard import FineTuneGuard
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan, capped_mlp_width,
-                                       choose_position_bits, choose_residual_step, mlp_bytes_per_cluster, parse_size,
+                                       choose_position_bits, choose_residual_step, mlp_bytes_per_cluster,
                                        plan_for_size, prune_fraction_for_size, residual_step_for_budget,
-                                       smallest_size)
+                                       smallest_size, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.gaussians import SH_C0, Gaussians, load_teacher
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig, get_viewmat
@@ -200,12 +200,7 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
 
 def target_bytes(config: NeuralGSModelConfig) -> Optional[int]:
     """`config.target_size` in bytes, or None; a NeuralGSError for a size that does not parse."""
-    if config.target_size is None:
-        return None
-    try:
-        return parse_size(config.target_size)
-    except ValueError as err:
-        raise NeuralGSError(f"--target-size: {err}") from None
+    return target_size_bytes(config.target_size)
 
 
 def check_target_size(config: NeuralGSModelConfig, teacher: Gaussians, device: str) -> None:
@@ -336,13 +331,8 @@ class NeuralGSModel(PortableSplatfactoModel):
 
         with timer.stage("Stage C: fit MLPs"):
             field_cfg = cfg.field_config(str(device))
-            if target is not None:
-                field_cfg.width = plan.mlp_width
-            elif cfg.field_width is None:
-                field_cfg.width = capped_mlp_width(field_cfg.width, len(kept), k,
-                                                   cfg.preset_value("max_mlp_bits_per_gaussian", str(device)),
-                                                   field_cfg.n_frequencies, field_cfg.depth, n_attributes,
-                                                   field_cfg.weight_precision)
+            field_cfg.width = plan.mlp_width if target is not None else self._planned_field_config(
+                len(kept), k, n_attributes).preset_width
             mlp = ClusteredMLPField.from_points(field_cfg, positions, labels, n_attributes,
                                                 n_clusters=k, seed=cfg.seed).to(device)
             mlp.int8_active = False  # until the last int8_fraction of fine-tuning
