@@ -172,3 +172,35 @@ def test_a_target_below_the_smallest_file_is_refused_before_any_work(trained_run
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "too small" in err and "smallest file possible is about" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "s.ngs").exists()
+
+
+@pytest.mark.parametrize("budget_bytes", [None, 600.0])
+@pytest.mark.parametrize("damaged", ["opacity", "scales", "rotations", "dc"])
+def test_auto_corrections_choose_the_group_the_fit_got_wrong(damaged, budget_bytes):
+    """residual_attributes=auto: with one group of a stage C fit far off and the others nearly
+    right, the group chosen is the far one, judged by real renders against the teacher."""
+    from types import SimpleNamespace
+
+    from neuralgs_ns.compress.clustering import NormalizationTable, attribute_groups, attribute_matrix
+    from test_gaussians import random_gaussians
+
+    teacher = random_gaussians(n=400, degree=1, seed=3)
+    teacher.scales = teacher.scales + 1.5  # large enough to cover the image
+    targets_raw = attribute_matrix(teacher)
+    table = NormalizationTable.fit(targets_raw)
+    targets = table.normalize(targets_raw)
+    g = torch.Generator().manual_seed(0)
+    predicted = targets + 0.01 * torch.randn(targets.shape, generator=g)
+    columns = attribute_groups(1)[damaged]
+    predicted[:, columns] += 0.6 * torch.randn(predicted[:, columns].shape, generator=g)
+    model = SimpleNamespace(positions=teacher.means, labels=torch.zeros(len(teacher), dtype=torch.long),
+                            attribute_mins=table.mins, attribute_maxs=table.maxs,
+                            config=SimpleNamespace(sh_degree=1), device=torch.device("cpu"))
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 6.0
+    K = torch.tensor([[50.0, 0, 24], [0, 50.0, 24], [0, 0, 1]])
+    views = [(viewmat, K, 48, 48)]
+    fidelity = NeuralGSModel._fidelity(model, predicted, targets, teacher, views)
+    chosen = NeuralGSModel._best_correction_group(model, fidelity, predicted, targets, attribute_groups(1),
+                                                  budget_bytes, None)
+    assert chosen == damaged

@@ -49,6 +49,10 @@ COMPRESSED_FILE_NAME = "scene.ngs"
 """What `ns-train neuralgs` writes into its run directory after the last step."""
 MIN_RESIDUAL_STEP = 0.001  # codes within +-RESIDUAL_RANGE then span 4001 values, under the coder's 4096
 AttributeGroup = Literal["opacity", "scales", "rotations", "dc", "sh_rest"]
+AUTO_RESIDUALS = "auto"
+"""residual_attributes value: the one group whose corrections raise the stage C fit most."""
+AUTO_RESIDUAL_CANDIDATES = ("opacity", "scales", "rotations", "dc")
+"""The groups "auto" chooses from: sh_rest (45 columns at degree 3) costs too much per Gaussian."""
 
 PRESETS: Dict[str, Dict[str, float]] = {
     # The paper's settings (NEURALGS.md): for a GPU.
@@ -150,10 +154,13 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """Size of the compressed file: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
     is at most this and at least 90% of it: pruning, position grid, MLP width and the step of
     the corrections are chosen to fit (`compress.rate`). None: the preset's rate."""
-    residual_attributes: Optional[Tuple[AttributeGroup, ...]] = None
+    residual_attributes: Optional[Tuple[Literal[AttributeGroup, "auto"], ...]] = None
     """Attribute groups that also get a per-Gaussian correction of the MLP's prediction, stored
     entropy coded as integer multiples of residual_step (`codec.residuals`) and trained in
     stage D with the MLPs. Initialised to what the MLP misses of the teacher after stage C.
+    "auto": the one group of opacity, scales, rotations and dc whose corrections (at the step the
+    size budget allows, or exact without a target size) bring the stage C fit closest to the
+    pruned teacher on 8 training views; which group matters depends on the scene.
     (preset: paper none, cpu none)."""
     residual_step: Optional[float] = None
     """Quantisation step of the corrections, in the normalised [-1, 1] attribute space: larger
@@ -379,22 +386,24 @@ class NeuralGSModel(PortableSplatfactoModel):
         (the pruned teacher) on `views`."""
         cfg = self.config
         groups = attribute_groups(self.config.sh_degree)
-        names = cfg.preset_value("residual_attributes", str(self.device))
-        unknown = [name for name in names if name not in groups]
+        names = tuple(cfg.preset_value("residual_attributes", str(self.device)))
+        unknown = [name for name in names if name not in groups and name != AUTO_RESIDUALS]
         if unknown:
             raise NeuralGSError(f"residual attributes {unknown} do not exist at SH degree {self.config.sh_degree} "
-                                f"(known: {', '.join(groups)})")
-        columns = [c for name in groups if name in names for c in range(groups[name].start, groups[name].stop)]
+                                f"(known: {', '.join(groups)}, {AUTO_RESIDUALS})")
         step = cfg.preset_value("residual_step", str(self.device))
         if step is not None and not MIN_RESIDUAL_STEP <= step <= 2.0:
             raise NeuralGSError(f"residual step must be between {MIN_RESIDUAL_STEP} and 2, got {step}")
         predicted = self.field.decode(self.positions, self.labels)
+        fidelity = self._fidelity(predicted, targets, teacher, views) if names else None
+        if AUTO_RESIDUALS in names:
+            names = (self._best_correction_group(fidelity, predicted, targets, groups, budget_bytes, step),)
+        columns = [c for name in groups if name in names for c in range(groups[name].start, groups[name].stop)]
         missed = targets[:, columns] - predicted[:, columns]
         if columns and budget_bytes is not None:
             step = residual_step_for_budget(missed, self.labels, budget_bytes, MIN_RESIDUAL_STEP)
         elif columns and step is None:
-            step, measured = choose_residual_step(self._fidelity(predicted, columns, missed, teacher, views),
-                                                  cfg.residual_psnr_db)
+            step, measured = choose_residual_step(lambda s: fidelity(columns, s), cfg.residual_psnr_db)
             CONSOLE.log(f"correction step {step:.3g}: the stage C fit with them renders at {measured[step]:.1f} dB "
                         f"of the teacher on {len(views)} training views")
         step = float(step if step is not None else 1.0)
@@ -406,9 +415,28 @@ class NeuralGSModel(PortableSplatfactoModel):
             CONSOLE.log(f"residuals on {', '.join(n for n in groups if n in names)} ({len(columns)} columns, step "
                         f"{step:g}): {float((codes != 0).float().mean()):.0%} of the codes nonzero")
 
-    def _fidelity(self, predicted: Tensor, columns: List[int], missed: Tensor, teacher: Gaussians, views):
-        """fidelity(step): mean PSNR over `views` of the stage C fit corrected at `step` against
-        the renders of `teacher` (the pruned teacher)."""
+    def _best_correction_group(self, fidelity, predicted: Tensor, targets: Tensor, groups: Dict[str, slice],
+                               budget_bytes: Optional[float], step: Optional[float]) -> str:
+        """The group of AUTO_RESIDUAL_CANDIDATES whose corrections, at the step `budget_bytes`
+        allows (else `step`, else exact), raise `fidelity` the most."""
+        gains = {}
+        for name in AUTO_RESIDUAL_CANDIDATES:
+            columns = list(range(groups[name].start, groups[name].stop))
+            trial = step if step is not None else MIN_RESIDUAL_STEP
+            if budget_bytes is not None:
+                missed = targets[:, columns] - predicted[:, columns]
+                trial = residual_step_for_budget(missed, self.labels, budget_bytes, MIN_RESIDUAL_STEP)
+            gains[name] = fidelity(columns, trial)
+        best = max(gains, key=gains.get)
+        baseline = fidelity([], 1.0)
+        CONSOLE.log("corrections: the stage C fit renders at " + f"{baseline:.2f} dB; corrected " +
+                    ", ".join(f"{name} {value - baseline:+.2f}" for name, value in gains.items()) + f" dB -> {best}")
+        return best
+
+    def _fidelity(self, predicted: Tensor, targets: Tensor, teacher: Gaussians, views):
+        """fidelity(columns, step): mean PSNR over `views` of the stage C fit `predicted` [N, D],
+        its `columns` corrected towards `targets` [N, D] at `step`, against the renders of
+        `teacher` (the pruned teacher)."""
         from neuralgs_ns.compress.clustering import gaussians_from_attributes
         from neuralgs_ns.compress.pipeline_run import psnr
 
@@ -416,9 +444,10 @@ class NeuralGSModel(PortableSplatfactoModel):
         references = [teacher.render(vm[None], K[None], w, h, backgrounds=white)[0][0] for vm, K, w, h in views]
         table = NormalizationTable(self.attribute_mins, self.attribute_maxs)
 
-        def fidelity(step: float) -> float:
+        def fidelity(columns: List[int], step: float) -> float:
             steps = torch.full((len(columns),), step, device=self.device)
             corrected = predicted.clone()
+            missed = targets[:, columns] - predicted[:, columns]
             corrected[:, columns] += dequantize_residuals(residual_codes(missed, steps), steps)
             g = gaussians_from_attributes(self.positions, table.denormalize(corrected), self.config.sh_degree)
             scores = [psnr(g.render(vm[None], K[None], w, h, backgrounds=white)[0][0], ref)
