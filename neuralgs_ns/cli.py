@@ -5,7 +5,9 @@ User errors (`NeuralGSError`) print as one line on stderr with exit status 1, ne
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple
@@ -183,14 +185,33 @@ class Bench:
         print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that `finally` blocks remove temporary files."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
     commands = {"compress": Compress, "decode": Decode, "info": Info, "demo": Demo, "bench": Bench}
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         cmd = tyro.extras.subcommand_cli_from_dict(commands, args=argv, prog="neuralgs")
         cmd.main()
     except NeuralGSError as err:
         print(f"neuralgs: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        # Outputs are written atomically: an interrupted command leaves none behind.
+        terminated = isinstance(err, _Terminated)
+        print(f"neuralgs: {'terminated' if terminated else 'interrupted'}; the file being written was removed",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 

@@ -12,16 +12,26 @@ import torch
 from neuralgs_ns.errors import NeuralGSError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Writes `data` to `path` through a temporary file in the same folder and a rename, so
-    a crash or a full disk never leaves a half-written output behind."""
+    a crash, a full disk or an interrupt never leaves a half-written output behind. The file
+    gets the mode a plain open() would (0644 under umask 022), not mkstemp's private 0600."""
     path = Path(path)
     if not path.parent.is_dir():
         raise NeuralGSError(f"{path}: output folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

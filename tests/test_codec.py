@@ -2,8 +2,13 @@
 decoding, and one-line errors (never a crash) on damaged files."""
 
 import json
+import os
 import random
+import signal
+import stat
 import struct
+import subprocess
+import sys
 import zlib
 from types import SimpleNamespace
 
@@ -215,6 +220,40 @@ def test_cli_decode_max_clusters_and_formats(valid_file, tmp_path, capsys):
         assert neuralgs_cli(["decode", str(path), "--output", str(tmp_path / f"full{suffix}")]) == 0
         assert (tmp_path / f"full{suffix}").stat().st_size > 0
     assert_same_gaussians(read_ply(tmp_path / "full.ply"), CompressedScene.load(path).decode())
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_get_the_mode_the_umask_gives(valid_file, tmp_path, umask, mode):
+    path, _ = valid_file
+    previous = os.umask(umask)
+    try:
+        for suffix in (".ply", ".spz", ".splat"):
+            assert neuralgs_cli(["decode", str(path), "--output", str(tmp_path / f"out{suffix}")]) == 0
+            assert stat.S_IMODE((tmp_path / f"out{suffix}").stat().st_mode) == mode, suffix
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_writing_leaves_no_file_behind(valid_file, tmp_path, signum, code):
+    """The decoder is stopped while its output is on disk but not yet renamed into place (an
+    fsync made slow): the command exits with 128 + the signal and leaves nothing."""
+    path, _ = valid_file
+    script = (
+        "import os, sys, time\n"
+        "def slow_fsync(fd):\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "os.fsync = slow_fsync\n"
+        "from neuralgs_ns.cli import main\n"
+        f"sys.exit(main(['decode', {str(path)!r}, '--output', {str(tmp_path / 'out.ply')!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "the file being written was removed" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- info ----------------------------------------------------------------------------------
