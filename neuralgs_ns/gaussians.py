@@ -279,17 +279,41 @@ def _quat_multiply(a: Tensor, b: Tensor) -> Tensor:
                         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], dim=-1)
 
 
+def sh_rotation(rot: Tensor, degree: int) -> Tensor:
+    """[K-1, K-1] block-diagonal matrix M (K = (degree + 1)^2) such that a Gaussian rotated by
+    `rot` [3, 3] with its SH rest coefficients [K-1, 3] replaced by M @ rest shows in every
+    direction R d the colour it showed in d. Each band's block is the least-squares solution
+    of Y_l(R^T d) = D_l Y_l(d) over fixed sample directions, in the renderer's own basis
+    (`render.sh.sh_bases`), so it matches that basis's signs and ordering by construction."""
+    from neuralgs_ns.render.sh import sh_bases
+
+    k = (degree + 1) ** 2
+    rot = rot.double().cpu()
+    dirs = torch.nn.functional.normalize(torch.randn(256, 3, generator=torch.Generator().manual_seed(0),
+                                                     dtype=torch.float64), dim=-1)
+    basis, rotated = sh_bases(degree, dirs), sh_bases(degree, dirs @ rot)  # d @ R = (R^T d)^T
+    matrix = torch.zeros(k - 1, k - 1, dtype=torch.float64)
+    for band in range(1, degree + 1):
+        cols = slice(band * band, (band + 1) ** 2)
+        # rotated[:, cols] = basis[:, cols] @ D^T  ->  colour c' = D^T c
+        d_transposed = torch.linalg.lstsq(basis[:, cols], rotated[:, cols]).solution
+        matrix[cols.start - 1 : cols.stop - 1, cols.start - 1 : cols.stop - 1] = d_transposed
+    return matrix.float()
+
+
 def transform_gaussians(gaussians: Gaussians, transform: Tensor, scale: float) -> Gaussians:
     """Gaussians moved by x -> scale * (R x + t), `transform` = [R | t] [3, 4] (nerfstudio's
-    dataparser transform). View-dependent SH bands are not rotated: with a rotation, colours
-    seen from oblique angles shift slightly (DC colour is exact)."""
+    dataparser transform), their view-dependent colour (SH bands 1-3) rotated with them."""
     rot, t = transform[:3, :3].float(), transform[:3, 3].float()
     q_rot = _rotmat_to_quat(rot).to(gaussians.quats)
+    rest = gaussians.features_rest
+    if rest.shape[1] > 0:
+        rest = torch.einsum("ij,njc->nic", sh_rotation(rot, gaussians.sh_degree).to(rest), rest)
     return Gaussians(
         means=scale * (gaussians.means @ rot.T + t),
         scales=gaussians.scales + math.log(scale),
         quats=_quat_multiply(q_rot, torch.nn.functional.normalize(gaussians.quats, dim=-1)),
         opacities=gaussians.opacities,
         features_dc=gaussians.features_dc,
-        features_rest=gaussians.features_rest,
+        features_rest=rest,
     )

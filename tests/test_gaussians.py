@@ -120,3 +120,35 @@ def test_ratios_divide_the_teacher_file_as_given(tmp_path):
     loaded = load_teacher(path)
     assert teacher_bytes(path, loaded) == path.stat().st_size < ply_size(loaded)
     assert teacher_bytes(tmp_path / "run-dir-or-ckpt", loaded) == ply_size(loaded)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_moved_gaussians_render_what_the_unmoved_do_from_the_moved_camera(degree):
+    """transform_gaussians rotates the view-dependent colour with the scene: the moved scene
+    seen by the moved camera is the original scene seen by the original camera, and leaving
+    the SH bands unrotated would not be."""
+    import math
+
+    from neuralgs_ns.gaussians import _rotmat_to_quat, transform_gaussians
+
+    g = random_gaussians(n=300, degree=degree, seed=2)
+    g.scales = g.scales + 1.5
+    g.features_rest = g.features_rest * 2.0  # strongly view-dependent
+    angle = 0.9
+    axis = torch.nn.functional.normalize(torch.tensor([0.3, -0.5, 0.8]), dim=0)
+    skew = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = torch.eye(3) + math.sin(angle) * skew + (1 - math.cos(angle)) * skew @ skew
+    transform = torch.cat([rot, torch.tensor([[0.4], [-1.0], [0.7]])], dim=1)
+    moved = transform_gaussians(g, transform, 1.0)
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 6.0
+    world_to_moved = torch.eye(4)
+    world_to_moved[:3] = transform
+    moved_viewmat = viewmat @ torch.linalg.inv(world_to_moved)
+    K = torch.tensor([[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]])
+    before = g.render(viewmat[None], K[None], 64, 64)[0]
+    after = moved.render(moved_viewmat[None], K[None], 64, 64)[0]
+    assert before.std() > 0.05
+    assert (after - before).abs().max() < 2e-3
+    unrotated = Gaussians(moved.means, moved.scales, moved.quats, moved.opacities, moved.features_dc, g.features_rest)
+    assert (unrotated.render(moved_viewmat[None], K[None], 64, 64)[0] - before).abs().max() > 0.05
