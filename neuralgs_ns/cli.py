@@ -68,8 +68,12 @@ class Compress:
     output: Path
     """The .ngs file to write."""
     data: Optional[Path] = None
-    """Dataset the teacher was trained on (blender or nerfstudio layout): its images are the
-    targets. Without it, views rendered from the teacher around the scene are."""
+    """Dataset the teacher was trained on (blender, nerfstudio or COLMAP layout, told apart by
+    its files): its images are the targets. Without it, views rendered from the teacher
+    around the scene are."""
+    downscale: Optional[int] = None
+    """Divide --data's images by this (nerfstudio and COLMAP datasets; missing images_N folders
+    are written). Default: halve until the longest side is at most 1600 px, as nerfstudio does."""
     preset: Literal["auto", "neuralgs", "cpu"] = "auto"
     """'neuralgs' (paper settings, for GPUs), 'cpu' (small and quick), 'auto' (by device)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -99,7 +103,7 @@ class Compress:
         report = compress(self.teacher, self.output, data=self.data, preset=self.preset, device=self.device,
                           fine_tune_iterations=self.fine_tune_iterations, fit_iterations=self.fit_iterations,
                           run_dir=self.run_dir, views=self.views, target_size=self.target_size,
-                          model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
+                          downscale=self.downscale, model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
         report.print()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuralgs_ns.errors import InputFileError
+from neuralgs_ns.errors import InputFileError, NeuralGSError
 from neuralgs_ns.gaussians import Gaussians
 
 
@@ -170,7 +171,7 @@ def frame_check_indices(n_views: int, n_checked: int) -> List[int]:
     return np.linspace(0, n_views - 1, min(n_checked, n_views)).round().astype(int).tolist()
 
 
-def dataset_views(data: Path, split: str) -> List[tuple]:
+def dataset_views(data: Path, split: str, downscale: Optional[int] = None) -> List[tuple]:
     """(viewmat [4, 4], K [3, 3], width, height, image [H, W, 3] on white) of every view of
     `split`, in the dataparser's frame (the frame a nerfstudio teacher was trained in). RGBA
     images are composited on white, as nerfstudio's blender dataparser does."""
@@ -178,7 +179,7 @@ def dataset_views(data: Path, split: str) -> List[tuple]:
 
     from neuralgs_ns.models.portable_splatfacto import get_viewmat
 
-    outputs = dataparser_for(data).setup().get_dataparser_outputs(split)
+    outputs = dataparser_for(data, downscale).setup().get_dataparser_outputs(split)
     views = []
     for i in range(len(outputs.cameras)):
         camera = outputs.cameras[i : i + 1]
@@ -192,14 +193,110 @@ def dataset_views(data: Path, split: str) -> List[tuple]:
     return views
 
 
-def dataparser_for(data: Path):
-    """nerfstudio dataparser config for a dataset folder: blender (transforms_train.json) or
-    nerfstudio (transforms.json) layout."""
+COLMAP_MODEL_DIRS = ("sparse/0", "colmap/sparse/0", "sparse")
+"""Where a dataset folder may hold its COLMAP model: COLMAP's own layout (images/ beside
+sparse/0) and `ns-process-data`'s (colmap/sparse/0)."""
+MAX_AUTO_RESOLUTION = 1600
+"""--downscale's default halves the images until their longest side is at most this (nerfstudio's rule)."""
+
+
+def colmap_model_dir(data: Path) -> Optional[Path]:
+    """The COLMAP model folder of `data` (relative to it), or None."""
+    for rel in COLMAP_MODEL_DIRS:
+        if any((data / rel / f"cameras{ext}").is_file() for ext in (".bin", ".txt")):
+            return Path(rel)
+    return None
+
+
+def dataset_kind(data: Path) -> str:
+    """'blender', 'nerfstudio' or 'colmap', from the files in the dataset folder `data`."""
+    if (data / "transforms_train.json").is_file():
+        return "blender"
+    if (data / "transforms.json").is_file():
+        return "nerfstudio"
+    if colmap_model_dir(data) is not None:
+        return "colmap"
+    raise InputFileError(data, "not a dataset folder (no transforms_train.json, transforms.json or COLMAP "
+                               f"model in {' or '.join(COLMAP_MODEL_DIRS)})")
+
+
+def dataparser_for(data: Path, downscale: Optional[int] = None):
+    """nerfstudio dataparser config for a dataset folder: blender (transforms_train.json),
+    nerfstudio (transforms.json) or COLMAP (a model in sparse/0 or colmap/sparse/0, images in
+    images/). `downscale`: divide the images' size by this (nerfstudio's images_N folders,
+    written here with PIL where missing); None: the smallest power of two that brings the
+    longest side to at most MAX_AUTO_RESOLUTION. Blender datasets are used as they are."""
     from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+    from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
-    if (data / "transforms_train.json").is_file():
+    data = Path(data)
+    if downscale is not None and downscale < 1:
+        raise NeuralGSError(f"--downscale must be 1 or more, got {downscale}")
+    kind = dataset_kind(data)
+    if kind == "blender":
+        if downscale not in (None, 1):
+            raise InputFileError(data, "a blender dataset is read at its own size (use --downscale 1)")
         return BlenderDataParserConfig(data=data)
-    if (data / "transforms.json").is_file():
-        return NerfstudioDataParserConfig(data=data, load_3D_points=False)
-    raise InputFileError(data, "not a dataset folder (no transforms_train.json or transforms.json)")
+    if kind == "nerfstudio":
+        try:
+            frames = json.loads((data / "transforms.json").read_text())["frames"]
+            sources = [data / frame["file_path"] for frame in frames]
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputFileError(data / "transforms.json", f"not a nerfstudio transforms file ({err})") from None
+        factor = _downscaled_images(data, sources, downscale, lambda path, f: data / f"images_{f}" / path.name)
+        return NerfstudioDataParserConfig(data=data, load_3D_points=False, downscale_factor=factor)
+    model = colmap_model_dir(data)
+    sources = [data / "images" / name for name in _colmap_image_names(data / model)]
+    factor = _downscaled_images(data, sources, downscale,
+                                lambda path, f: data / f"images_{f}" / path.relative_to(data / "images"))
+    return ColmapDataParserConfig(data=data, colmap_path=model, images_path=Path("images"), downscale_factor=factor,
+                                  load_3D_points=False)
+
+
+def _colmap_image_names(model: Path) -> List[str]:
+    from nerfstudio.data.utils import colmap_parsing_utils as colmap
+
+    try:
+        if (model / "images.bin").is_file():
+            images = colmap.read_images_binary(str(model / "images.bin"))
+        else:
+            images = colmap.read_images_text(str(model / "images.txt"))
+    except (OSError, ValueError, struct.error, IndexError) as err:
+        raise InputFileError(model, f"unreadable COLMAP images file ({err})") from None
+    if not images:
+        raise InputFileError(model, "the COLMAP model has no registered images")
+    return sorted(image.name for image in images.values())
+
+
+def _downscaled_images(data: Path, sources: List[Path], downscale: Optional[int],
+                       target_of: Callable[[Path, int], Path]) -> int:
+    """The downscale factor for `sources` (see `dataparser_for`), after writing the images
+    the factor needs that are missing (at floor(size / factor), nerfstudio's default rounding)."""
+    from PIL import Image
+
+    from neuralgs_ns.progress import progress_bar
+
+    missing = [path for path in sources if not path.is_file()]
+    if missing:
+        raise InputFileError(missing[0], f"image missing ({len(missing)} of the dataset's {len(sources)})")
+    factor = downscale
+    if factor is None:
+        with Image.open(sources[0]) as image:
+            longest = max(image.size)
+        factor = 1
+        while longest / factor > MAX_AUTO_RESOLUTION:
+            factor *= 2
+    todo = [path for path in sources if factor > 1 and not target_of(path, factor).is_file()]
+    if todo:
+        with progress_bar(f"downscale images by {factor} into {target_of(todo[0], factor).parent}", len(todo)) as advance:
+            for path in todo:
+                target = target_of(path, factor)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with Image.open(path) as image:
+                    small = image.resize((image.width // factor, image.height // factor), Image.LANCZOS)
+                    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
+                    small.save(tmp)
+                    tmp.replace(target)
+                advance()
+    return factor

@@ -162,7 +162,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
              run_dir: Path = Path("neuralgs-runs"), views: Optional[TeacherViews] = None,
              experiment_name: Optional[str] = None, model_options: Optional[Dict[str, Any]] = None,
              inspect: Optional[Callable[[str, Any], None]] = None,
-             target_size: Optional[Union[int, str]] = None) -> CompressReport:
+             target_size: Optional[Union[int, str]] = None, downscale: Optional[int] = None) -> CompressReport:
     """Compresses `teacher` into `output` with NeuralGS through nerfstudio's trainer.
 
     Args:
@@ -183,6 +183,9 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
             pipeline) after fine-tuning, for diagnostics (benchmarks/bench_attributes.py).
         target_size: the file's size, bytes or a string such as "500KB" (`rate.parse_size`);
             the file is at most that and at least 90% of it. None: the preset's rate.
+        downscale: divide `data`'s images by this (nerfstudio and COLMAP datasets; the
+            images_N folders are written where missing); None: halve until the longest side
+            is at most 1600 px (`pipeline_run.dataparser_for`).
 
     Raises NeuralGSError (one line) for a missing output folder, an unavailable device or an
     unreadable teacher, before any long work.
@@ -204,6 +207,8 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     bits = (model_options or {}).get("position_bits")
     if bits is not None and not 1 <= bits <= MAX_POSITION_BITS:
         raise NeuralGSError(f"position bits must be between 1 and {MAX_POSITION_BITS}, got {bits}")
+    if downscale is not None and data is None:
+        raise NeuralGSError("--downscale applies to --data's images; without --data there are none")
     device = resolve_device(device)
     target_size = target_size_bytes(target_size)
     teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
@@ -225,7 +230,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     if targets is None:
         with timer.stage("Render teacher views"):
             targets = render_teacher_dataset(teacher_gaussians, run_dir / f"{name}-views", views, device)
-    config.pipeline.datamanager.dataparser = dataparser_for(targets)
+    config.pipeline.datamanager.dataparser = dataparser_for(targets, downscale if data is not None else 1)
     config.pipeline.datamanager.data = targets
     if fine_tune_iterations is None and resolve_preset(preset, device) == "cpu":
         fraction = config.pipeline.model.prune_fraction
