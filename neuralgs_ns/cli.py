@@ -45,6 +45,8 @@ class Demo:
     """Held-out views of the scene."""
     resolution: int = DemoBudget.resolution
     """Width and height of the scene's images in pixels."""
+    verbose: bool = False
+    """Show nerfstudio's step table while training instead of one progress bar per stage."""
 
     def main(self) -> None:
         from neuralgs_ns.demo import run_demo
@@ -56,7 +58,7 @@ class Demo:
         budget = DemoBudget(teacher_steps=self.teacher_steps, fit_iterations=self.fit_iterations,
                             fine_tune_iterations=self.fine_tune_iterations, n_train=self.train_views,
                             n_val=self.val_views, resolution=self.resolution)
-        run_demo(self.output_dir, budget, device=self.device, seed=self.seed).print()
+        run_demo(self.output_dir, budget, device=self.device, seed=self.seed, verbose=self.verbose).print()
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Compress:
     """Size of the file to write: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
     is at most this and at least 90% of it; too small a size is refused up front with the
     smallest possible. Default: the preset's rate."""
+    verbose: bool = False
+    """Show nerfstudio's step table while fine-tuning instead of a progress bar."""
 
     def main(self) -> None:
         from neuralgs_ns.compress.run import compress
@@ -103,7 +107,7 @@ class Compress:
         report = compress(self.teacher, self.output, data=self.data, preset=self.preset, device=self.device,
                           fine_tune_iterations=self.fine_tune_iterations, fit_iterations=self.fit_iterations,
                           run_dir=self.run_dir, views=self.views, target_size=self.target_size,
-                          downscale=self.downscale, model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
+                          downscale=self.downscale, verbose=self.verbose, model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
         report.print()
 
 

@@ -158,7 +158,7 @@ def teacher_config(scene_dir: Path, run_dir: Path, steps: int, device: str):
     return config
 
 
-def train_teacher(scene_dir: Path, run_dir: Path, steps: int, device: str, seed: int):
+def train_teacher(scene_dir: Path, run_dir: Path, steps: int, device: str, seed: int, verbose: bool = False):
     """Trains the teacher; returns (config, trainer)."""
     import numpy as np
     import torch
@@ -166,12 +166,15 @@ def train_teacher(scene_dir: Path, run_dir: Path, steps: int, device: str, seed:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    from neuralgs_ns.progress import quiet_trainer_log, train_with_progress
+
     config = teacher_config(scene_dir, run_dir, steps, device)
+    quiet_trainer_log(config, verbose)
     config.set_timestamp()
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    trainer.train()
+    train_with_progress(trainer, "train the teacher", verbose)
     return config, trainer
 
 
@@ -222,7 +225,7 @@ def write_picture(path: Path, scene_dir: Path, teacher_ckpt: Path, compressed_fi
 
 
 def run_demo(output_dir: Path = Path("neuralgs-demo"), budget: Optional[DemoBudget] = None, device: str = "auto",
-             seed: int = 0) -> DemoReport:
+             seed: int = 0, verbose: bool = False) -> DemoReport:
     """The whole demo (see the module docstring); returns its report."""
     from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -241,7 +244,7 @@ def run_demo(output_dir: Path = Path("neuralgs-demo"), budget: Optional[DemoBudg
     with timer.stage("scene"):
         scene_dir = prepare_scene(output_dir / "scene", budget, seed)
     with timer.stage("teacher training"):
-        config, trainer = train_teacher(scene_dir, run_dir, budget.teacher_steps, device, seed)
+        config, trainer = train_teacher(scene_dir, run_dir, budget.teacher_steps, device, seed, verbose)
     with timer.stage("teacher eval"):
         pipeline = trainer.pipeline
         pipeline.eval()
@@ -253,7 +256,8 @@ def run_demo(output_dir: Path = Path("neuralgs-demo"), budget: Optional[DemoBudg
 
     compressed = compress(checkpoint, output_dir / "demo.ngs", data=scene_dir, preset="cpu",
                           device=device, fine_tune_iterations=budget.fine_tune_iterations,
-                          fit_iterations=budget.fit_iterations, run_dir=run_dir, experiment_name=EXPERIMENT)
+                          fit_iterations=budget.fit_iterations, run_dir=run_dir, experiment_name=EXPERIMENT,
+                          verbose=verbose)
     with timer.stage("picture"):
         picture = output_dir / "demo.png"
         picture_view = write_picture(picture, scene_dir, checkpoint, compressed.output, device=device)

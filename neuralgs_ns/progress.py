@@ -41,3 +41,30 @@ class StageTimer:
         finally:
             self.seconds[name] = time.perf_counter() - start
             CONSOLE.log(f"{name}: {self.seconds[name]:.1f} s")
+
+
+def quiet_trainer_log(config, verbose: bool) -> None:
+    """Turns off nerfstudio's step table (its local writer) in `config` unless `verbose`:
+    `train_with_progress` shows a progress bar instead. Call before config.setup()."""
+    if not verbose:
+        config.logging.local_writer.enable = False
+
+
+def train_with_progress(trainer, description: str, verbose: bool) -> None:
+    """trainer.train() with one progress bar (ETA, latest loss) for its steps; `verbose`
+    keeps nerfstudio's own step table instead."""
+    if verbose:
+        trainer.train()
+        return
+    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+    with progress_bar(description, trainer.config.max_num_iterations) as advance:
+        def step_done(step: int) -> None:
+            advance()
+
+        callback = TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], step_done)
+        trainer.callbacks.append(callback)
+        try:
+            trainer.train()
+        finally:
+            trainer.callbacks.remove(callback)

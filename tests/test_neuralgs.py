@@ -1,6 +1,8 @@
 """NeuralGS end to end on a tiny scene: `neuralgs compress` through nerfstudio's trainer,
 `neuralgs decode`, ns-export and checkpoint reloading all describe the same Gaussians."""
 
+import contextlib
+import io
 
 import pytest
 import torch
@@ -25,7 +27,8 @@ def compressed(trained_run, tmp_path_factory):  # noqa: F811
             int8_steps.append(self.field.int8_active)
         return out
 
-    with pytest.MonkeyPatch.context() as mp:
+    log = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(log):
         mp.setattr(NeuralGSModel, "get_loss_dict", recording)
         data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
         code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(root / "scene.ngs"),
@@ -34,7 +37,13 @@ def compressed(trained_run, tmp_path_factory):  # noqa: F811
     assert code == 0
     run_dir = next((root / "runs").glob("*/neuralgs/*"))
     return dict(root=root, file=root / "scene.ngs", run_dir=run_dir, losses=losses, int8_steps=int8_steps,
-                teacher=trained_run["model"])
+                teacher=trained_run["model"], log=log.getvalue())
+
+
+def test_compress_shows_a_progress_bar_not_the_step_table(compressed):
+    log = compressed["log"]
+    assert "fine-tune" in log and "40/40" in log
+    assert "Step (% Done)" not in log  # nerfstudio's step table (kept by --verbose)
 
 
 def test_compress_writes_a_smaller_scene(compressed):

@@ -162,7 +162,8 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
              run_dir: Path = Path("neuralgs-runs"), views: Optional[TeacherViews] = None,
              experiment_name: Optional[str] = None, model_options: Optional[Dict[str, Any]] = None,
              inspect: Optional[Callable[[str, Any], None]] = None,
-             target_size: Optional[Union[int, str]] = None, downscale: Optional[int] = None) -> CompressReport:
+             target_size: Optional[Union[int, str]] = None, downscale: Optional[int] = None,
+             verbose: bool = False) -> CompressReport:
     """Compresses `teacher` into `output` with NeuralGS through nerfstudio's trainer.
 
     Args:
@@ -186,6 +187,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         downscale: divide `data`'s images by this (nerfstudio and COLMAP datasets; the
             images_N folders are written where missing); None: halve until the longest side
             is at most 1600 px (`pipeline_run.dataparser_for`).
+        verbose: keep nerfstudio's step table during fine-tuning instead of a progress bar.
 
     Raises NeuralGSError (one line) for a missing output folder, an unavailable device or an
     unreadable teacher, before any long work.
@@ -198,7 +200,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     from neuralgs_ns.gaussians import load_teacher, teacher_bytes
     from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
     from neuralgs_ns.models.neuralgs import check_target_size, resolve_preset
-    from neuralgs_ns.progress import StageTimer
+    from neuralgs_ns.progress import StageTimer, quiet_trainer_log, train_with_progress
 
     start = time.perf_counter()
     teacher, output, run_dir = Path(teacher), Path(output), Path(run_dir)
@@ -243,6 +245,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     config.output_dir = run_dir
     config.experiment_name = name
     config.vis = "tensorboard"
+    quiet_trainer_log(config, verbose)
     config.set_timestamp()
     config.save_config()  # config.yml: what ns-viewer / ns-eval / ns-export load
     trainer = config.setup(local_rank=0, world_size=1)
@@ -250,7 +253,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     if inspect is not None:
         inspect("stage C", trainer.pipeline)
     with timer.stage("Stage D: fine-tune"):
-        trainer.train()
+        train_with_progress(trainer, "fine-tune", verbose)
     pipeline = trainer.pipeline
     if inspect is not None:
         inspect("stage D", pipeline)
