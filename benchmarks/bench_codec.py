@@ -25,7 +25,7 @@ import torch
 from neuralgs_ns.codec import CompressedScene
 from neuralgs_ns.codec.quantize import quantize_positions, snap_positions, storage_order
 from neuralgs_ns.compress.field import ClusteredMLPField
-from neuralgs_ns.export import write_gaussians
+from neuralgs_ns.formats import write_gaussians
 from neuralgs_ns.models.neuralgs import NeuralGSModelConfig
 
 

@@ -1,11 +1,12 @@
-"""Times `neuralgs_ns.export.write_gaussians` on a large random scene: seconds and bytes to
-write .ply, .spz and .splat.
+"""Times `neuralgs_ns.formats.write_gaussians` on a large random scene: seconds and bytes to
+write each format it writes (.ply, .spz, .splat, .sog).
 
     python benchmarks/bench_export.py                 # 1M Gaussians, SH degree 3
     python benchmarks/bench_export.py --n 200000 --repeats 3
 
 Values are random but of trained-scene magnitudes (SH rest ~0.05, log scales around -4.5).
-SPZ time is mostly gzip and depends on the data: noisier SH compresses slower.
+SPZ time is mostly its compressor's and depends on the data: noisier SH compresses slower;
+SOG's is mostly the k-means of its SH palette.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from neuralgs_ns.export import EXPORT_FORMATS, write_gaussians
+from neuralgs_ns.formats import EXPORT_FORMATS, write_gaussians
 from neuralgs_ns.gaussians import Gaussians
 
 

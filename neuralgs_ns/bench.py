@@ -9,13 +9,14 @@ row saying why, and the others still run.
 
     ply             the teacher as an Inria 3DGS PLY (float32): the reference size
     ply-fp16        the same layout with every property stored as float16
-    spz             Niantic SPZ v2 (`export.spz_bytes`, the reference's quantisation), read
-                    back by gsply (not our code)
+    spz             Niantic SPZ as the reference library writes it by default
+                    (`formats.spz_bytes`), read back by gsply (not our code)
     spz-gsply       SPZ v3 written and read back by gsply (independent of our writer)
+    sog             PlayCanvas SOG (`formats.sog_bytes`), read back by `formats.read_sog`
     prune-40/-66    LightGaussian-style importance pruning only (no fine-tune), as PLY
     png-gsplat      gsplat 1.4.0's PngCompression (CUDA, torchpq and plas)
     prune-40-spz, prune-66-spz
-                    the same pruning, then SPZ v2: what a careful user can assemble today
+                    the same pruning, then SPZ: what a careful user can assemble today
     neuralgs        NeuralGS at its default rate
     neuralgs@SIZE   NeuralGS with --target-size SIZE (e.g. neuralgs@500KB)
     neuralgs-curve  NeuralGS at 0.5, 0.7, 1.4 and 2 times the default run's size (after
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuralgs_ns import formats
 from neuralgs_ns.compress.pipeline_run import TeacherViews
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.gaussians import Gaussians
@@ -79,119 +81,21 @@ class Method:
 
 
 def _encode_ply(bench: "_Bench", path: Path) -> None:
-    from neuralgs_ns.gaussians import write_ply
-
     # The teacher as the user has it: a .ply keeps its normals or their absence, so this row
     # is the file every ratio divides; a checkpoint gets the normals ns-export writes.
-    write_ply(bench.teacher, path, normals=_ply_has_normals(bench.teacher_path))
+    normals = bench.teacher_path.suffix.lower() != ".ply" or formats.ply_has_normals(bench.teacher_path)
+    formats.write_ply(bench.teacher, path, normals=normals)
 
 
-def _ply_has_normals(path: Path) -> bool:
-    if Path(path).suffix.lower() != ".ply":
-        return True
-    with open(path, "rb") as f:
-        header = f.read(1 << 16).split(b"end_header", 1)[0]  # a 3DGS header is well under 64 KiB
-    return any(line.split()[-1:] == [b"nx"] for line in header.splitlines() if line.startswith(b"property"))
-
-
-def _read_ply(path: Path) -> Gaussians:
-    from neuralgs_ns.gaussians import read_ply
-
-    return read_ply(path)
-
-
-# Half-float PLY: the Inria layout with `property half NAME`. The PLY spec's type list has no
-# half; some readers accept it (e.g. SuperSplat, Open3D's tensor API), others refuse it (plyfile,
-# so `read_ply`, and the Inria viewer), hence the small reader here.
-_HALF_MAX = float(np.finfo(np.float16).max)  # 65504
-
-
-def ply_fp16_bytes(gaussians: Gaussians) -> bytes:
-    from neuralgs_ns.gaussians import ply_columns
-
-    columns = ply_columns(gaussians)
-    table = np.empty(len(gaussians), dtype=[(name, "<f2") for name, _ in columns])
-    for name, values in columns:
-        values = values.detach().numpy()
-        if np.abs(values).max(initial=0) > _HALF_MAX:
-            raise ValueError(f"{name} reaches {np.abs(values).max():.6g}, beyond float16's {_HALF_MAX:g}")
-        table[name] = values
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(gaussians)}"]
-    header += [f"property half {name}" for name, _ in columns] + ["end_header", ""]
-    return "\n".join(header).encode("ascii") + table.tobytes()
-
-
-def read_ply_fp16(path: Path) -> Gaussians:
-    data = Path(path).read_bytes()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    lines = data[:end].decode("ascii").splitlines()
-    if lines[:2] != ["ply", "format binary_little_endian 1.0"] or not lines[2].startswith("element vertex "):
-        raise ValueError(f"{path}: not a binary little-endian vertex PLY")
-    names = [line.split()[2] for line in lines[3:-1]]
-    if not all(line.split()[:2] == ["property", "half"] for line in lines[3:-1]):
-        raise ValueError(f"{path}: not an all-half PLY")
-    n = int(lines[2].split()[2])
-    table = np.frombuffer(data, dtype=[(name, "<f2") for name in names], count=n, offset=end)
-
-    def cols(*keys) -> Tensor:
-        return torch.from_numpy(np.stack([table[k].astype(np.float32) for k in keys], axis=-1))
-
-    n_rest = sum(name.startswith("f_rest_") for name in names)
-    rest = cols(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(n, 0)
-    return Gaussians(means=cols("x", "y", "z"), scales=cols("scale_0", "scale_1", "scale_2"),
-                     quats=cols("rot_0", "rot_1", "rot_2", "rot_3"), opacities=cols("opacity"),
-                     features_dc=cols("f_dc_0", "f_dc_1", "f_dc_2"),
-                     # channel-major in the file, as the Inria PLY
-                     features_rest=rest.reshape(n, 3, n_rest // 3).transpose(1, 2).contiguous())
-
-
-def _encode_ply_fp16(bench: "_Bench", path: Path) -> None:
+def _writer(encode: Callable[[Gaussians], bytes]) -> Callable[[Gaussians, Path], None]:
+    """A method's file writer from a format's encoder: atomic, like every output."""
     from neuralgs_ns.utils import atomic_write_bytes
 
-    atomic_write_bytes(path, ply_fp16_bytes(bench.teacher))
+    return lambda gaussians, path: atomic_write_bytes(path, encode(gaussians))
 
 
-def _write_spz(gaussians: Gaussians, path: Path) -> None:
-    from neuralgs_ns.export import spz_bytes
-    from neuralgs_ns.utils import atomic_write_bytes
-
-    atomic_write_bytes(path, spz_bytes(gaussians))
-
-
-def _encode_spz(bench: "_Bench", path: Path) -> None:
-    _write_spz(bench.teacher, path)
-
-
-def _encode_spz_gsply(bench: "_Bench", path: Path) -> None:
-    """SPZ as gsply writes it (version 3, its default): independent of our writer. It keeps
-    8 bits per SH coefficient where Niantic's reference (and `export.spz_bytes`) keeps 5 for
-    degree 1 and 4 above, so its files are about twice as large on SH-3 scenes."""
-    import gsply
-
-    g = bench.teacher
-    data = gsply.GSData(**{name: np.ascontiguousarray(value.detach().cpu().numpy(), dtype=np.float32) for name, value in (
-        ("means", g.means), ("scales", g.scales), ("quats", torch.nn.functional.normalize(g.quats, dim=-1)),
-        ("opacities", g.opacities[:, 0]), ("sh0", g.features_dc), ("shN", g.features_rest))})
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        gsply.write_spz(str(tmp), data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
-
-
-def read_spz_gsply(path: Path) -> Gaussians:
-    """An SPZ file through gsply, an independent reader. gsply gives PLY conventions (checked
-    by the tests on a round trip): log scales, logit opacities [N], unit wxyz quaternions, SH
-    DC, SH rest [N, K-1, 3] coefficient-major (None at degree 0)."""
-    import gsply
-
-    data = gsply.read_spz(str(path))
-    n = len(data.means)
-    rest = data.shN if data.shN is not None and data.shN.size else np.zeros((n, 0, 3), np.float32)
-    return Gaussians(**{name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for name, value in (
-        ("means", data.means), ("scales", data.scales), ("quats", data.quats),
-        ("opacities", data.opacities.reshape(n, 1)), ("features_dc", data.sh0), ("features_rest", rest))})
+def _encode_with(write: Callable[[Gaussians, Path], None], bench: "_Bench", path: Path) -> None:
+    write(bench.teacher, path)
 
 
 def _spz_unavailable() -> Optional[str]:
@@ -200,23 +104,20 @@ def _spz_unavailable() -> Optional[str]:
     # gsply compiles its decoder on first use: pay that here, not in the decode time.
     import tempfile
 
-    from neuralgs_ns.export import spz_bytes
-
     tiny = Gaussians(means=torch.zeros(1, 3), scales=torch.zeros(1, 3), quats=torch.tensor([[1.0, 0, 0, 0]]),
                      opacities=torch.zeros(1, 1), features_dc=torch.zeros(1, 3), features_rest=torch.zeros(1, 0, 3))
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "warm.spz").write_bytes(spz_bytes(tiny))
-        read_spz_gsply(Path(tmp) / "warm.spz")
+        (Path(tmp) / "warm.spz").write_bytes(formats.spz_bytes(tiny))
+        formats.read_spz_gsply(Path(tmp) / "warm.spz")
     return None
 
 
 def _encode_pruned(fraction: float, bench: "_Bench", path: Path, writer: Optional[Callable] = None) -> float:
     from neuralgs_ns.compress.importance import prune_mask
-    from neuralgs_ns.gaussians import write_ply
 
     scores, importance_seconds = bench.importance()
     start = time.perf_counter()
-    (writer or write_ply)(bench.teacher.subset(prune_mask(scores, fraction).cpu()), path)
+    (writer or formats.write_ply)(bench.teacher.subset(prune_mask(scores, fraction).cpu()), path)
     return importance_seconds + time.perf_counter() - start
 
 
@@ -312,18 +213,23 @@ def _decode_ngs(path: Path) -> Gaussians:
 
 
 METHODS: Dict[str, Method] = {
-    "ply": Method("Inria 3DGS PLY, float32 (the teacher as is)", ".ply", _encode_ply, _read_ply),
+    "ply": Method("Inria 3DGS PLY, float32 (the teacher as is)", ".ply", _encode_ply, formats.read_ply),
     "ply-fp16": Method("Inria PLY layout, every property float16 ('property half')", ".ply",
-                       _encode_ply_fp16, read_ply_fp16),
-    "spz": Method("Niantic SPZ v2 as the reference quantises it (export.spz_bytes), read back by gsply", ".spz",
-                  _encode_spz, read_spz_gsply, unavailable=_spz_unavailable),
-    "spz-gsply": Method("SPZ v3 written and read back by gsply (8-bit SH)", ".spz", _encode_spz_gsply, read_spz_gsply,
+                       partial(_encode_with, _writer(formats.ply_fp16_bytes)), formats.read_ply),
+    "spz": Method(f"Niantic SPZ v{formats.SPZ_DEFAULT_VERSION}, the reference library's default (formats.spz_bytes), "
+                  "read back by gsply", ".spz", partial(_encode_with, _writer(formats.spz_bytes)),
+                  formats.read_spz_gsply, unavailable=_spz_unavailable),
+    "spz-gsply": Method("SPZ v3 written and read back by gsply (8-bit SH)", ".spz",
+                        partial(_encode_with, formats.write_spz_gsply), formats.read_spz_gsply,
                         unavailable=_spz_unavailable),
+    "sog": Method("PlayCanvas SOG v2 (formats.sog_bytes: codebooks, SH palette, WebP), read back by formats.read_sog",
+                  ".sog", partial(_encode_with, _writer(formats.sog_bytes)), formats.read_sog),
     **{f"prune-{percent}": Method(f"importance pruning of {percent}%, no fine-tune, PLY", ".ply",
-                                  partial(_encode_pruned, percent / 100), _read_ply) for percent in (40, 66)},
-    **{f"prune-{percent}-spz": Method(f"importance pruning of {percent}%, then SPZ v2 (read back by gsply)", ".spz",
-                                      partial(_encode_pruned, percent / 100, writer=_write_spz), read_spz_gsply,
-                                      unavailable=_spz_unavailable) for percent in (40, 66)},
+                                  partial(_encode_pruned, percent / 100), formats.read_ply) for percent in (40, 66)},
+    **{f"prune-{percent}-spz": Method(f"importance pruning of {percent}%, then SPZ v{formats.SPZ_DEFAULT_VERSION} "
+                                      "(read back by gsply)", ".spz",
+                                      partial(_encode_pruned, percent / 100, writer=_writer(formats.spz_bytes)),
+                                      formats.read_spz_gsply, unavailable=_spz_unavailable) for percent in (40, 66)},
     "png-gsplat": Method("gsplat 1.4.0 PngCompression (PLAS sort, PNGs, k-means SH)", "", _encode_png, _decode_png,
                          unavailable=_png_unavailable),
     "neuralgs": Method("NeuralGS at its default rate", ".ngs", partial(_encode_neuralgs, None), _decode_ngs,
@@ -370,7 +276,7 @@ class BenchResult:
     teacher: Path
     teacher_gaussians: int
     teacher_bytes: int
-    """What every ratio divides: the teacher file as given (`gaussians.teacher_bytes`)."""
+    """What every ratio divides: the teacher file as given (`formats.teacher_bytes`)."""
     targets: Path
     """The dataset the views come from: --data, or the teacher's renders."""
     has_ground_truth: bool
@@ -647,7 +553,6 @@ def run_bench(teacher: Path, output_dir: Path, data: Optional[Path] = None,
 
     from neuralgs_ns.compress.pipeline_run import dataparser_for, dataset_views, render_teacher_dataset
     from neuralgs_ns.compress.run import resolve_device
-    from neuralgs_ns.gaussians import load_teacher, teacher_bytes
     from neuralgs_ns.models.portable_splatfacto import load_lpips
     from neuralgs_ns.progress import progress_bar
 
@@ -656,7 +561,7 @@ def run_bench(teacher: Path, output_dir: Path, data: Optional[Path] = None,
     views = views if views is not None else TeacherViews()
     methods = list(dict.fromkeys(methods))  # in the order given, once each
     _check_options(teacher, output_dir, data, methods, fine_tune_iterations, fit_iterations, views)
-    teacher_gaussians = load_teacher(teacher)
+    teacher_gaussians = formats.load_teacher(teacher)
     if data is not None:
         dataparser_for(data)  # not a dataset: one line now, not after the teacher renders
     device = resolve_device(device)
@@ -707,7 +612,7 @@ def run_bench(teacher: Path, output_dir: Path, data: Optional[Path] = None,
     bench.references["teacher"] = teacher_renders
     strip["teacher"] = teacher_renders[strip_view]
 
-    reference_bytes = teacher_bytes(teacher, teacher_gaussians)
+    reference_bytes = formats.teacher_bytes(teacher, teacher_gaussians)
     rows: List[BenchRow] = []
     queue = list(methods)
     while queue:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from neuralgs_ns import bench
+from neuralgs_ns import bench, formats
 from neuralgs_ns.cli import main as neuralgs_cli
 from neuralgs_ns.gaussians import Gaussians, ply_size, write_ply
 
@@ -123,23 +123,9 @@ def test_fp16_ply_is_half_the_floats(run):
     assert row["gaussians"] == N and row["psnr_teacher"] > 40
 
 
-def test_fp16_ply_round_trip(tmp_path):
-    g = random_teacher(n=50, degree=2, seed=3)
-    path = tmp_path / "h.ply"
-    path.write_bytes(bench.ply_fp16_bytes(g))
-    back = bench.read_ply_fp16(path)
-    for name in ("means", "scales", "quats", "opacities", "features_dc", "features_rest"):
-        a, b = getattr(g, name), getattr(back, name)
-        assert a.shape == b.shape, name
-        assert torch.equal(b, a.half().float()), name  # exactly float16 rounding, same layout
-    g.means[0, 0] = 70000.0
-    with pytest.raises(ValueError, match="float16"):
-        bench.ply_fp16_bytes(g)
-
-
 @pytest.mark.skipif(find_spec("gsply") is None, reason="gsply not installed")
 def test_spz_row_and_gsply_conventions(run, tmp_path):
-    from neuralgs_ns.export import spz_bytes
+    from neuralgs_ns.formats import spz_bytes
 
     _, out, results = run
     row = _rows(results)["spz"]
@@ -155,8 +141,8 @@ def test_spz_row_and_gsply_conventions(run, tmp_path):
     # gsply's GSData read as ours: log scales, logit opacities, wxyz, SH rest coefficient-major.
     g = random_teacher(n=40, degree=2, seed=5)
     path = tmp_path / "s.spz"
-    path.write_bytes(spz_bytes(g))
-    back = bench.read_spz_gsply(path)
+    path.write_bytes(spz_bytes(g, version=2))  # x, y, z stored: the checks below are v2's
+    back = formats.read_spz_gsply(path)
     assert back.sh_degree == 2 and len(back) == 40
     assert (back.means - g.means).abs().max() <= 0.5 / 2**12 + 1e-6
     assert (back.scales - g.scales).abs().max() <= 0.5 / 16 + 1e-5
@@ -167,6 +153,20 @@ def test_spz_row_and_gsply_conventions(run, tmp_path):
     assert (back.quats * q).sum(-1).min() > 0.99  # the same rotation, wxyz order
     assert (back.features_dc - g.features_dc).abs().max() <= 0.5 / (0.15 * 255) + 1e-5
     assert (back.features_rest - g.features_rest).abs().max() < 0.07  # 4-5 bit SH buckets
+
+
+def test_sog_row(tmp_path):
+    """The sog row on its own (no NeuralGS run): its file's size, read back, close to the teacher."""
+    teacher = tmp_path / "t.ply"
+    write_ply(random_teacher(n=500), teacher)
+    out = tmp_path / "out"
+    assert neuralgs_cli(["bench", str(teacher), "--output-dir", str(out), "--methods", "ply", "sog",
+                         "--device", "cpu", *TINY_VIEWS]) == 0
+    rows = _rows(json.loads((out / "results.json").read_text()))
+    row = rows["sog"]
+    assert row["status"] == "ok", row["reason"]
+    assert row["bytes"] == (out / "files/sog.sog").stat().st_size < rows["ply"]["bytes"]
+    assert row["gaussians"] == 500 and row["psnr_teacher"] > 30
 
 
 def test_pruning_keeps_the_important_fraction(run):
@@ -221,7 +221,7 @@ def test_neuralgs_default_and_its_curve_of_target_sizes(run):
 
 
 def test_pruning_then_spz_is_the_pruned_teacher_in_spz(run):
-    from neuralgs_ns.export import spz_bytes
+    from neuralgs_ns.formats import spz_bytes
 
     _, out, results = run
     row = _rows(results)["prune-40-spz"]

@@ -1,5 +1,6 @@
-"""SPZ and .splat exporters checked against readers that are not ours (gsply's SPZ reader, a
-numpy dtype written from the .splat layout, plyfile), to within each format's quantisation."""
+"""SPZ (version 2) and .splat exporters checked against readers that are not ours (gsply's SPZ
+reader, a numpy dtype written from the .splat layout, plyfile), to within each format's
+quantisation. The other SPZ versions and SOG: test_formats.py."""
 
 import gzip
 import math
@@ -12,7 +13,7 @@ import torch
 from plyfile import PlyData
 
 from neuralgs_ns.errors import NeuralGSError
-from neuralgs_ns.export import EXPORT_FORMATS, spz_bytes, write_gaussians
+from neuralgs_ns.formats import EXPORT_FORMATS, spz_bytes, write_gaussians
 from neuralgs_ns.gaussians import SH_C0, Gaussians
 
 EPS = 1e-5  # float32 arithmetic on top of the format's own rounding
@@ -55,7 +56,7 @@ def warm_gsply(tmp_path_factory):
     """gsply JIT-compiles its SPZ decoder on first use (seconds, once per install): pay it
     here rather than inside the first test."""
     path = tmp_path_factory.mktemp("warm") / "w.spz"
-    path.write_bytes(spz_bytes(random_gaussians(n=2, degree=0)))
+    path.write_bytes(spz_bytes(random_gaussians(n=2, degree=0), version=2))
     gsply.read_spz(path)
 
 
@@ -101,7 +102,7 @@ def assert_spz_matches(g: Gaussians, back, bits: int):
 def test_spz_reads_back_through_gsply(tmp_path, degree):
     g = random_gaussians(degree=degree, seed=degree)
     path = tmp_path / "s.spz"
-    write_gaussians(g, path)
+    write_gaussians(g, path, spz_version=2)
     n, header_degree, bits = spz_header(path)
     assert (n, header_degree, bits) == (len(g), degree, 12)  # the reference's 12 bits when it fits
     back = gsply.read_spz(path)
@@ -115,7 +116,7 @@ def test_spz_fractional_bits_drop_for_large_scenes(tmp_path, max_coord, bits):
     g = random_gaussians(n=200, degree=1, extent=abs(max_coord) * 0.9)
     g.means[17, 1] = max_coord
     path = tmp_path / "big.spz"
-    write_gaussians(g, path)
+    write_gaussians(g, path, spz_version=2)
     assert spz_header(path)[2] == bits
     assert_spz_matches(g, gsply.read_spz(path), bits)
 
@@ -142,7 +143,7 @@ def test_spz_agrees_with_gsply_writer(tmp_path):
                                     np_(g.features_dc).astype(np.float32),
                                     np_(g.features_rest).astype(np.float32), format="ply")
     gsply.write_spz(tmp_path / "theirs.spz", data)
-    write_gaussians(g, tmp_path / "ours.spz")
+    write_gaussians(g, tmp_path / "ours.spz", spz_version=2)
     theirs, ours = gsply.read_spz(tmp_path / "theirs.spz"), gsply.read_spz(tmp_path / "ours.spz")
     assert np.abs(ours.means - theirs.means).max() <= 2 * 0.5 / 2**12 + EPS
     assert np.abs(ours.sh0 - theirs.sh0).max() <= 2 * 0.5 / (0.15 * 255) + EPS
@@ -204,15 +205,16 @@ def test_write_gaussians_ply_reads_with_plyfile(tmp_path):
     np.testing.assert_array_equal(v["f_rest_4"], g.features_rest[:, 1, 1].numpy())  # channel-major
 
 
-@pytest.mark.parametrize("name", ["s.ply", "s.spz", "s.splat", "S.SPLAT"])
+@pytest.mark.parametrize("name", ["s.ply", "s.spz", "s.splat", "S.SPLAT", "s.sog"])
 def test_write_gaussians_dispatches_by_suffix(tmp_path, name):
     g = random_gaussians(n=10, degree=0)
     write_gaussians(g, tmp_path / name)
     head = (tmp_path / name).read_bytes()
-    expected = {".ply": head.startswith(b"ply\n"), ".spz": head[:2] == b"\x1f\x8b", ".splat": len(head) == 320}
+    expected = {".ply": head.startswith(b"ply\n"), ".spz": head[:4] == b"NGSP", ".splat": len(head) == 320,
+                ".sog": head[:2] == b"PK"}
     assert expected[(tmp_path / name).suffix.lower()]
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left
-    assert set(EXPORT_FORMATS) == {".ply", ".spz", ".splat"}
+    assert set(EXPORT_FORMATS) == {".ply", ".spz", ".splat", ".sog"}
 
 
 @pytest.mark.parametrize("name", ["scene.obj", "scene"])
