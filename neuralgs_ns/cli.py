@@ -63,10 +63,10 @@ class Demo:
 
 @dataclass
 class Compress:
-    """Compresses a trained splat (a 3DGS .ply, or a splatfacto run) with NeuralGS."""
+    """Compresses a trained splat (a 3DGS .ply, .spz, .splat or .sog, or a splatfacto run) with NeuralGS."""
 
     teacher: tyro.conf.Positional[Path]
-    """A 3DGS .ply, a splatfacto .ckpt, its run directory or its config.yml."""
+    """A 3DGS .ply, .spz, .splat or .sog, a splatfacto .ckpt, its run directory or its config.yml."""
     output: Path
     """The .ngs file to write."""
     data: Optional[Path] = None
@@ -100,6 +100,10 @@ class Compress:
     smallest possible. Default: the preset's rate."""
     verbose: bool = False
     """Show nerfstudio's step table while fine-tuning instead of a progress bar."""
+    num_devices: int = 1
+    """Fine-tune data parallel in this many processes (GPUs on CUDA, shares of the cores on
+    CPU); rank 0 runs stages A-C. On GPUs, `ns-train neuralgs --machine.num-devices N` does the
+    same through nerfstudio's launcher."""
 
     def main(self) -> None:
         from neuralgs_ns.compress.run import compress
@@ -107,7 +111,8 @@ class Compress:
         report = compress(self.teacher, self.output, data=self.data, preset=self.preset, device=self.device,
                           fine_tune_iterations=self.fine_tune_iterations, fit_iterations=self.fit_iterations,
                           run_dir=self.run_dir, views=self.views, target_size=self.target_size,
-                          downscale=self.downscale, verbose=self.verbose, model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
+                          downscale=self.downscale, verbose=self.verbose, num_devices=self.num_devices,
+                          model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
         report.print()
 
 
@@ -118,20 +123,25 @@ class Decode:
     input: tyro.conf.Positional[Path]
     """The .ngs file."""
     output: Path
-    """Where to write it: .ply (Inria 3DGS layout), .spz (Niantic) or .splat (antimatter15)."""
+    """Where to write it: .ply (Inria 3DGS layout), .spz (Niantic), .splat (antimatter15) or
+    .sog (PlayCanvas SOG bundle)."""
+    spz_version: Optional[Literal[2, 3, 4]] = None
+    """SPZ version of a .spz output: 4 (zstd streams; what Niantic's library writes by default,
+    and the one written when not given), 3 (gzip, smallest-three rotations: for viewers that
+    predate version 4) or 2 (gzip, x, y, z rotations: for older ones)."""
     max_clusters: Optional[int] = None
     """Decode only the first K clusters (the largest; they come first in the file): a coarse
     preview from the head of the file."""
 
     def main(self) -> None:
         from neuralgs_ns.codec import CompressedScene
-        from neuralgs_ns.export import check_output_path, write_gaussians
+        from neuralgs_ns.formats import check_output_path, write_gaussians
 
         if self.max_clusters is not None and self.max_clusters < 1:
             raise NeuralGSError("--max-clusters must be at least 1")
-        check_output_path(self.output)  # before the work, so a typo costs nothing
+        check_output_path(self.output, spz_version=self.spz_version)  # before the work: a typo costs nothing
         gaussians = CompressedScene.load(self.input, max_clusters=self.max_clusters).decode()
-        write_gaussians(gaussians, self.output)
+        write_gaussians(gaussians, self.output, spz_version=self.spz_version)
         print(f"wrote {len(gaussians):,} Gaussians to {self.output}")
 
 
@@ -153,14 +163,14 @@ class Info:
 
 @dataclass
 class Bench:
-    """Compares NeuralGS with what you already have on one teacher: PLY, half-float PLY, SPZ,
+    """Compares NeuralGS with what you already have on one teacher: PLY, half-float PLY, SPZ, SOG,
     importance pruning (alone and followed by SPZ) and gsplat's PNG compression, with NeuralGS
     as a rate-distortion curve of target sizes. Per method: size, ratio to the teacher file,
     encode / decode / render times and held-out PSNR, SSIM (and LPIPS when available).
     Writes results.json, results.md (a table for a README), rd.png and strip.png."""
 
     teacher: tyro.conf.Positional[Path]
-    """A 3DGS .ply, a splatfacto .ckpt, its run directory or its config.yml."""
+    """A 3DGS .ply, .spz, .splat or .sog, a splatfacto .ckpt, its run directory or its config.yml."""
     output_dir: Path
     """Folder for the results, each method's file and the NeuralGS runs (created if its parent exists)."""
     data: Optional[Path] = None
@@ -168,7 +178,7 @@ class Bench:
     its images and the teacher's renders), its train split feeds importance and NeuralGS.
     Without it, the teacher's renders (--views) are the dataset and the only reference."""
     methods: Tuple[str, ...] = DEFAULT_METHODS
-    """Which to run, in order: ply, ply-fp16, spz, spz-gsply, prune-40, prune-66, prune-40-spz,
+    """Which to run, in order: ply, ply-fp16, spz, spz-gsply, sog, prune-40, prune-66, prune-40-spz,
     prune-66-spz, png-gsplat, neuralgs (the default rate), neuralgs@SIZE (--target-size SIZE,
     e.g. neuralgs@500KB) and neuralgs-curve (0.5, 0.7, 1.4 and 2 times the default's size)."""
     preset: Literal["auto", "neuralgs", "cpu"] = "auto"

@@ -1,6 +1,11 @@
 """The NeuralGS pipeline: nerfstudio's VanillaPipeline that compresses the teacher (stages
 A-C) once the training views are loaded and before the trainer builds its optimisers, and
-the trainer that resumes a run from its checkpoint instead of compressing again."""
+the trainer that resumes a run from its checkpoint instead of compressing again.
+
+With several processes (nerfstudio's launcher, `--machine.num-devices`, or
+`neuralgs compress --num-devices`), rank 0 alone runs stages A-C and sends the result to the
+others; stage D is then data parallel: each rank renders its own training views and
+DistributedDataParallel averages the gradients."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from pathlib import Path
 from typing import Literal, Optional, Type
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -30,18 +37,61 @@ class NeuralGSPipeline(VanillaPipeline):
 
     def __init__(self, config: NeuralGSPipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val",
                  world_size: int = 1, local_rank: int = 0, grad_scaler: Optional[torch.cuda.amp.GradScaler] = None):
-        super().__init__(config, device, test_mode=test_mode, world_size=world_size, local_rank=local_rank,
+        # VanillaPipeline would wrap the model in DDP here, before stages A-C replace its
+        # parameters; this pipeline wraps it itself once they exist.
+        super().__init__(config, device, test_mode=test_mode, world_size=1, local_rank=local_rank,
                          grad_scaler=grad_scaler)
         if test_mode != "val":
             return
+        rank = dist.get_rank() if world_size > 1 else 0
         if config.resume_checkpoint is not None:
             # The MLPs must exist at the checkpoint's sizes before the trainer builds its
             # optimisers; the trainer then loads the same state again along with theirs.
             state = torch.load(config.resume_checkpoint, map_location="cpu", weights_only=False)["pipeline"]
             prefix = "_model."
             self.model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        else:
+        elif rank == 0:
             self.model.compress_teacher(self.datamanager)
+        if world_size > 1:
+            self._share_compressed_scene(rank)
+            self._shard_training_views(rank, world_size)
+            on_cuda = str(device).startswith("cuda")
+            self._model = DDP(self._model, device_ids=[local_rank] if on_cuda else None, find_unused_parameters=True)
+
+    def state_dict(self, *args, **kwargs):
+        # A data-parallel run's checkpoint reads like a single process's (no DDP "module.").
+        state = super().state_dict(*args, **kwargs)
+        return type(state)((k.replace("_model.module.", "_model.", 1), v) for k, v in state.items())
+
+    def _shard_training_views(self, rank: int, world_size: int) -> None:
+        """Each rank trains on its own share of every shuffle of the training views (nerfstudio's
+        full-image datamanager draws the same sequence on every rank: one seed for all)."""
+        datamanager = self.datamanager
+        if not hasattr(datamanager, "sample_train_cameras"):
+            return
+        shuffle = datamanager.sample_train_cameras  # same seed on every rank: the same shuffles
+
+        def my_share():
+            views = shuffle()
+            return views[rank::world_size] or views[:1]
+
+        datamanager.sample_train_cameras = my_share
+        datamanager.train_unseen_cameras = my_share()
+
+    def _share_compressed_scene(self, rank: int) -> None:
+        """Rank 0's stages A-C result (the model's state and the fine-tune guard) on every rank."""
+        model = self.model
+        payload = [None]
+        if rank == 0:
+            payload = [{"state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "guard": model.guard, "snapshot": model.guard_snapshot_cpu(),
+                        "stage_seconds": model.stage_seconds}]
+        dist.broadcast_object_list(payload, src=0)
+        if rank != 0:
+            shared = payload[0]
+            model.load_state_dict(shared["state"])
+            model.guard, model.stage_seconds = shared["guard"], shared["stage_seconds"]
+            model.restore_guard_snapshot(shared["snapshot"])
 
 
 @dataclass

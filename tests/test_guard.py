@@ -69,11 +69,11 @@ def _fine_tune(trained_run, tmp_path, lr, guard):  # noqa: F811
         return config
 
     losses, ratios = [], []
-    original_update, original_loss = FineTuneGuard.update, NeuralGSModel.get_loss_dict
+    original_update, original_loss = FineTuneGuard.update_ratio, NeuralGSModel.get_loss_dict
 
-    def update(self, view, loss):
-        restarted = original_update(self, view, loss)
-        ratios.append((loss / float(self.view_losses[view]), restarted))
+    def update(self, ratio):
+        restarted = original_update(self, ratio)
+        ratios.append((ratio, restarted))
         return restarted
 
     def loss_dict(self, *args, **kwargs):
@@ -86,7 +86,7 @@ def _fine_tune(trained_run, tmp_path, lr, guard):  # noqa: F811
     data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(method_configs, "neuralgs_trainer", with_lr)
-        mp.setattr(FineTuneGuard, "update", update)
+        mp.setattr(FineTuneGuard, "update_ratio", update)
         mp.setattr(NeuralGSModel, "get_loss_dict", loss_dict)
         report = compress(trained_run["checkpoint"], tmp_path / "s.ngs", data=data, preset="cpu", device="cpu",
                           fit_iterations=200, fine_tune_iterations=40, run_dir=tmp_path / "runs",

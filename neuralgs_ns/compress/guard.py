@@ -55,9 +55,13 @@ class FineTuneGuard:
     def update(self, view: int, loss: float) -> bool:
         """Records one step's loss on training view `view`; True when fine-tuning should
         restart from the stage C fit (the guard then starts a new window)."""
+        return self.update_ratio(loss / float(self.view_losses[view]))
+
+    def update_ratio(self, ratio: float) -> bool:
+        """`update` with the step's loss already divided by its view's stage C loss (or the
+        mean of such ratios over data-parallel ranks)."""
         if not self.watching:
             return False
-        ratio = loss / float(self.view_losses[view])
         self.ratio = ratio if self.steps == 0 else self.smoothing * self.ratio + (1 - self.smoothing) * ratio
         self.steps += 1
         # Written so that a NaN loss restarts too.

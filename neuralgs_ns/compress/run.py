@@ -163,7 +163,8 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
              experiment_name: Optional[str] = None, model_options: Optional[Dict[str, Any]] = None,
              inspect: Optional[Callable[[str, Any], None]] = None,
              target_size: Optional[Union[int, str]] = None, downscale: Optional[int] = None,
-             verbose: bool = False) -> CompressReport:
+             verbose: bool = False, num_devices: int = 1,
+             after_training: Optional[Callable[[int, Any], None]] = None) -> CompressReport:
     """Compresses `teacher` into `output` with NeuralGS through nerfstudio's trainer.
 
     Args:
@@ -188,6 +189,10 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
             images_N folders are written where missing); None: halve until the longest side
             is at most 1600 px (`pipeline_run.dataparser_for`).
         verbose: keep nerfstudio's step table during fine-tuning instead of a progress bar.
+        num_devices: processes to fine-tune in, data parallel (`neuralgs_ns.distributed`): GPUs
+            on CUDA, shares of the cores on CPU. Rank 0 runs stages A-C.
+        after_training: with num_devices > 1, called in every process as
+            after_training(rank, trainer) after stage D (a module-level function; diagnostics).
 
     Raises NeuralGSError (one line) for a missing output folder, an unavailable device or an
     unreadable teacher, before any long work.
@@ -209,6 +214,10 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     bits = (model_options or {}).get("position_bits")
     if bits is not None and not 1 <= bits <= MAX_POSITION_BITS:
         raise NeuralGSError(f"position bits must be between 1 and {MAX_POSITION_BITS}, got {bits}")
+    if num_devices < 1:
+        raise NeuralGSError(f"--num-devices must be 1 or more, got {num_devices}")
+    if num_devices > 1 and inspect is not None:
+        raise NeuralGSError("inspect needs the whole run in this process (num_devices 1)")
     if downscale is not None and data is None:
         raise NeuralGSError("--downscale applies to --data's images; without --data there are none")
     device = resolve_device(device)
@@ -246,17 +255,27 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     config.experiment_name = name
     config.vis = "tensorboard"
     quiet_trainer_log(config, verbose)
+    config.machine.num_devices = num_devices
     config.set_timestamp()
     config.save_config()  # config.yml: what ns-viewer / ns-eval / ns-export load
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()  # stages A-C (NeuralGSPipeline)
-    if inspect is not None:
-        inspect("stage C", trainer.pipeline)
-    with timer.stage("Stage D: fine-tune"):
-        train_with_progress(trainer, "fine-tune", verbose)
-    pipeline = trainer.pipeline
-    if inspect is not None:
-        inspect("stage D", pipeline)
+    if num_devices > 1:
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        from neuralgs_ns.distributed import run_data_parallel
+
+        with timer.stage(f"Stages A-D on {num_devices} processes"):
+            run_data_parallel(config, num_devices, after_training)
+        _, pipeline, _, _ = eval_setup(config.get_base_dir() / "config.yml", test_mode="test")
+    else:
+        trainer = config.setup(local_rank=0, world_size=1)
+        trainer.setup()  # stages A-C (NeuralGSPipeline)
+        if inspect is not None:
+            inspect("stage C", trainer.pipeline)
+        with timer.stage("Stage D: fine-tune"):
+            train_with_progress(trainer, "fine-tune", verbose)
+        pipeline = trainer.pipeline
+        if inspect is not None:
+            inspect("stage D", pipeline)
     scene = CompressedScene.from_model(pipeline.model)
     n_bytes = scene.save(output)
     with timer.stage("Evaluate held-out views"):

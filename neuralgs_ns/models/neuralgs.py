@@ -24,6 +24,7 @@ from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.utils.comms import is_main_process
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from neuralgs_ns.codec.quantize import (dequantize_residuals, quantize_positions, residual_codes,
@@ -474,6 +475,13 @@ class NeuralGSModel(PortableSplatfactoModel):
                                 "residuals": self.residuals.detach().clone()}
         CONSOLE.log(f"stage C fit: {sum(psnrs) / len(psnrs):.2f} dB on the training views")
 
+    def guard_snapshot_cpu(self) -> Optional[Dict[str, Tensor]]:
+        """The stage C weights the guard restarts from, on the CPU (to send to other ranks)."""
+        return None if self._guard_snapshot is None else {k: v.cpu() for k, v in self._guard_snapshot.items()}
+
+    def restore_guard_snapshot(self, snapshot: Optional[Dict[str, Tensor]]) -> None:
+        self._guard_snapshot = None if snapshot is None else {k: v.to(self.device) for k, v in snapshot.items()}
+
     def _view(self, camera: Cameras):
         """(viewmat [4, 4], K [3, 3], width, height) of a one-camera `Cameras`."""
         viewmat = get_viewmat(camera.camera_to_worlds)[0]
@@ -625,7 +633,7 @@ class NeuralGSModel(PortableSplatfactoModel):
                     self._averages = None
                 self.fit_to_target_size()
                 self._field_version += 1
-                if trainer is not None:
+                if trainer is not None and is_main_process():
                     from neuralgs_ns.codec import CompressedScene
 
                     size = CompressedScene.from_model(self).save(trainer.base_dir / COMPRESSED_FILE_NAME)
@@ -673,7 +681,14 @@ class NeuralGSModel(PortableSplatfactoModel):
             return
         view, loss = self._last_step_loss
         self._last_step_loss = None
-        if not self.guard.update(view, loss):
+        ratio = loss / float(self.guard.view_losses[view])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Data parallel: every rank's guard sees the mean over the ranks' views, so all
+            # of them restart (or not) together and their weights stay identical.
+            mean = torch.tensor([ratio], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(mean)
+            ratio = float(mean) / torch.distributed.get_world_size()
+        if not self.guard.update_ratio(ratio):
             if not self.guard.watching:
                 self.guard, self._guard_snapshot = None, None  # done: free the snapshot
             return
