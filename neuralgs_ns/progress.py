@@ -51,7 +51,7 @@ def quiet_trainer_log(config, verbose: bool) -> None:
 
 
 def train_with_progress(trainer, description: str, verbose: bool) -> None:
-    """trainer.train() with one progress bar (ETA, latest loss) for its steps; `verbose`
+    """trainer.train() with one progress bar (with its ETA) for its steps; `verbose`
     keeps nerfstudio's own step table instead."""
     if verbose:
         trainer.train()
