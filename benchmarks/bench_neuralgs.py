@@ -36,7 +36,8 @@ import torch
 
 from neuralgs_ns.compress.pipeline_run import TeacherViews, dataset_views, psnr, sphere_cameras
 from neuralgs_ns.compress.run import compress, format_bytes, format_rows, format_seconds, resolve_device
-from neuralgs_ns.gaussians import Gaussians, load_teacher, ply_size
+from neuralgs_ns.formats import load_teacher, ply_size
+from neuralgs_ns.gaussians import Gaussians
 from neuralgs_ns.utils import atomic_write_bytes
 
 
@@ -151,7 +152,7 @@ def make_ply(args) -> dict:
     """The `--gaussians` most important Gaussians of a teacher (stage A's score over views of
     the dataset with --data, else over views on a sphere around it) as a 3DGS .ply."""
     from neuralgs_ns.compress.importance import importance_scores
-    from neuralgs_ns.gaussians import write_ply
+    from neuralgs_ns.formats import write_ply
     from neuralgs_ns.progress import progress_bar
 
     device = resolve_device(args.device)

@@ -190,7 +190,7 @@ def write_picture(path: Path, scene_dir: Path, teacher_ckpt: Path, compressed_fi
 
     from neuralgs_ns.codec import CompressedScene
     from neuralgs_ns.compress.pipeline_run import dataset_views, psnr
-    from neuralgs_ns.gaussians import load_teacher
+    from neuralgs_ns.formats import load_teacher
     from neuralgs_ns.utils import atomic_write_bytes, png_bytes
 
     scenes = {"teacher": load_teacher(teacher_ckpt).to(device),
@@ -230,7 +230,7 @@ def run_demo(output_dir: Path = Path("neuralgs-demo"), budget: Optional[DemoBudg
     from nerfstudio.utils.rich_utils import CONSOLE
 
     from neuralgs_ns.compress.run import compress
-    from neuralgs_ns.gaussians import load_teacher
+    from neuralgs_ns.formats import load_teacher
     from neuralgs_ns.progress import StageTimer
 
     start = time.perf_counter()

@@ -20,7 +20,8 @@ from PIL import Image
 
 from neuralgs_ns import bench, formats
 from neuralgs_ns.cli import main as neuralgs_cli
-from neuralgs_ns.gaussians import Gaussians, ply_size, write_ply
+from neuralgs_ns.formats import ply_size, write_ply
+from neuralgs_ns.gaussians import Gaussians
 
 N = 3000  # enough that half the default NeuralGS file is above the smallest possible
 METHODS = ["ply", "ply-fp16", "spz", "spz-gsply", "prune-40", "prune-66", "prune-40-spz", "png-gsplat", "neuralgs",
@@ -261,7 +262,7 @@ def test_with_data_scores_against_ground_truth(run, tmp_path, monkeypatch):
 
 
 def read_ply_gaussians(path):
-    from neuralgs_ns.gaussians import read_ply
+    from neuralgs_ns.formats import read_ply
 
     return read_ply(path)
 

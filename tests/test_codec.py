@@ -24,7 +24,8 @@ from neuralgs_ns.codec.quantize import (morton_codes, morton_decode, quantize_po
                                         snap_positions, storage_order)
 from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig, decode_gaussians
 from neuralgs_ns.errors import InputFileError, NeuralGSError
-from neuralgs_ns.gaussians import PARAM_NAMES, read_ply
+from neuralgs_ns.formats import read_ply
+from neuralgs_ns.gaussians import PARAM_NAMES
 
 
 def fake_model(sizes=(300, 150, 60, 1), bits=14, precision="int8", sh_degree=1, seed=0, residual_columns=(0, 2, 8)):

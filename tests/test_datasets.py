@@ -12,7 +12,8 @@ from PIL import Image
 
 from neuralgs_ns.compress.pipeline_run import (check_teacher_frame, dataparser_for, dataset_kind, dataset_views)
 from neuralgs_ns.errors import InputFileError, NeuralGSError
-from neuralgs_ns.gaussians import _rotmat_to_quat, read_ply, write_ply
+from neuralgs_ns.formats import read_ply, write_ply
+from neuralgs_ns.gaussians import _rotmat_to_quat
 from test_gaussians import random_gaussians
 
 N_VIEWS, WIDTH, HEIGHT, FOCAL = 12, 64, 48, 60.0

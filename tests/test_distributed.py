@@ -6,7 +6,7 @@ import torch
 from neuralgs_ns.codec import CompressedScene
 from neuralgs_ns.compress.pipeline_run import TeacherViews
 from neuralgs_ns.compress.run import compress
-from neuralgs_ns.gaussians import write_ply
+from neuralgs_ns.formats import write_ply
 from test_gaussians import random_gaussians
 
 

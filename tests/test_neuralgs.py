@@ -9,7 +9,8 @@ import torch
 
 from neuralgs_ns.cli import main as neuralgs_cli
 from neuralgs_ns.codec import CompressedScene
-from neuralgs_ns.gaussians import PARAM_NAMES, read_ply
+from neuralgs_ns.formats import read_ply
+from neuralgs_ns.gaussians import PARAM_NAMES
 from neuralgs_ns.models.neuralgs import NeuralGSModel
 from test_portable_splatfacto import trained_run, write_blender_scene  # noqa: F401 (fixture)
 

@@ -148,7 +148,7 @@ def resolve_device(device: str) -> str:
 def teacher_name(path: Path) -> str:
     """A run name for the teacher: the .ply's stem, or the experiment name of its nerfstudio
     run (outputs/<experiment>/<method>/<timestamp>/nerfstudio_models/step-N.ckpt)."""
-    from neuralgs_ns.gaussians import find_checkpoint
+    from neuralgs_ns.formats import find_checkpoint
 
     path = Path(path)
     if path.suffix.lower() == ".ply":
@@ -202,7 +202,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     from neuralgs_ns.compress.importance import pruned_count
     from neuralgs_ns.compress.rate import fine_tune_steps, prune_fraction_for_size, target_size_bytes
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
-    from neuralgs_ns.gaussians import load_teacher, teacher_bytes
+    from neuralgs_ns.formats import load_teacher, teacher_bytes
     from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
     from neuralgs_ns.models.neuralgs import check_target_size, resolve_preset
     from neuralgs_ns.progress import StageTimer, quiet_trainer_log, train_with_progress
