@@ -41,7 +41,8 @@ from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_P
                                        plan_for_size, prune_fraction_for_size, residual_step_for_budget,
                                        smallest_size, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
-from neuralgs_ns.gaussians import SH_C0, Gaussians, load_teacher
+from neuralgs_ns.formats import load_teacher
+from neuralgs_ns.gaussians import SH_C0, Gaussians
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig, get_viewmat
 from neuralgs_ns.progress import StageTimer, progress_bar
 
@@ -396,7 +397,9 @@ class NeuralGSModel(PortableSplatfactoModel):
         if step is not None and not MIN_RESIDUAL_STEP <= step <= 2.0:
             raise NeuralGSError(f"residual step must be between {MIN_RESIDUAL_STEP} and 2, got {step}")
         predicted = self.field.decode(self.positions, self.labels)
-        fidelity = self._fidelity(predicted, targets, teacher, views) if names else None
+        # Renders of the teacher, needed only to judge groups or steps by their renders.
+        judged = AUTO_RESIDUALS in names or (names and budget_bytes is None and step is None)
+        fidelity = self._fidelity(predicted, targets, teacher, views) if judged else None
         if AUTO_RESIDUALS in names:
             names = (self._best_correction_group(fidelity, predicted, targets, groups, budget_bytes, step),)
         columns = [c for name in groups if name in names for c in range(groups[name].start, groups[name].stop)]
