@@ -2,8 +2,6 @@
 
 Skipped without a CUDA device (CI has none); `benchmarks/cuda_check.sh` runs them on a GPU."""
 
-import copy
-
 import pytest
 import torch
 
@@ -52,25 +50,12 @@ def test_importance_scores_agree_on_both_devices():
 def test_train_and_compress_on_cuda(tmp_path):
     """A short splatfacto-portable run on CUDA, then `compress` on CUDA with the paper's preset
     shortened: the file decodes to what the CUDA model holds and renders the scene."""
-    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
-
     from neuralgs_ns.codec import CompressedScene
     from neuralgs_ns.compress.run import compress
-    from neuralgs_ns.method_configs import splatfacto_portable
-    from test_portable_splatfacto import _test_model_config, write_blender_scene
+    from test_portable_splatfacto import portable_trainer_config, write_blender_scene
 
     data = write_blender_scene(tmp_path / "scene")
-    config = copy.deepcopy(splatfacto_portable.config)
-    config.machine.device_type = "cuda"
-    config.vis = "tensorboard"
-    config.output_dir = tmp_path / "outputs"
-    config.experiment_name = "spheres"
-    config.timestamp = "cuda"
-    config.max_num_iterations = 200
-    config.steps_per_eval_image = config.steps_per_eval_all_images = 0
-    config.logging.local_writer.enable = False
-    config.pipeline.datamanager.dataparser = BlenderDataParserConfig(data=data)
-    config.pipeline.model = _test_model_config()
+    config = portable_trainer_config(tmp_path, data, "cuda", 200, "cuda")
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()

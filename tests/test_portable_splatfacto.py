@@ -143,26 +143,32 @@ def _recorded(method, log: list):
     return wrapper
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """Trains splatfacto-portable for TRAIN_STEPS on the CPU; returns what the tests inspect."""
-    from gsplat.strategy import DefaultStrategy
-
-    root = tmp_path_factory.mktemp("portable")
-    data = write_blender_scene(root / "scene")
+def portable_trainer_config(root: Path, data: Path, device_type: str, steps: int, timestamp: str):
+    """splatfacto-portable's TrainerConfig for the test scene at `data`: `steps` steps on
+    `device_type`, no evaluation while training, one checkpoint at the end, runs under `root`."""
     config = copy.deepcopy(splatfacto_portable.config)
-    config.machine.device_type = "cpu"
+    config.machine.device_type = device_type
     config.vis = "tensorboard"
     config.output_dir = root / "outputs"
     config.experiment_name = "spheres"
-    config.timestamp = "test"
-    config.max_num_iterations = TRAIN_STEPS
+    config.timestamp = timestamp
+    config.max_num_iterations = steps
     config.steps_per_eval_image = 0
     config.steps_per_eval_all_images = 0
     config.steps_per_save = 10_000
     config.logging.local_writer.enable = False
     config.pipeline.datamanager.dataparser = BlenderDataParserConfig(data=data)
     config.pipeline.model = _test_model_config()
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Trains splatfacto-portable for TRAIN_STEPS on the CPU; returns what the tests inspect."""
+    from gsplat.strategy import DefaultStrategy
+
+    root = tmp_path_factory.mktemp("portable")
+    config = portable_trainer_config(root, write_blender_scene(root / "scene"), "cpu", TRAIN_STEPS, "test")
 
     # Record what DefaultStrategy does, to check that densification ran on CPU tensors.
     grown, pruned = [], []
