@@ -1,4 +1,4 @@
-"""The `neuralgs` command (tyro subcommands): compress, decode, info, demo.
+"""The `neuralgs` command (tyro subcommands): compress, decode, info, view, demo, bench.
 
 User errors (`NeuralGSError`) print as one line on stderr with exit status 1, never a traceback.
 """
@@ -162,6 +162,33 @@ class Info:
 
 
 @dataclass
+class View:
+    """Opens a splat file in nerfstudio's web viewer, no dataset needed: a .ngs (shown as its
+    clusters decode, largest first), .ply, .spz, .splat or .sog, a splatfacto run, or a neuralgs
+    run (its scene.ngs). The first camera looks at the scene's bulk from outside it."""
+
+    input: tyro.conf.Positional[Path]
+    """The file, or a nerfstudio run directory or its config.yml."""
+    port: int = 7007
+    """Port of the viewer (nerfstudio's default; the next free one if taken)."""
+    host: str = "0.0.0.0"
+    """Address to listen on (0.0.0.0: every interface, as nerfstudio does)."""
+    up: Literal["+z", "-z", "+y", "-y", "+x", "-x"] = "+z"
+    """The scene's up axis: +z for nerfstudio runs and their exports, -y for scenes in COLMAP's
+    frame (most .ply files from the original 3DGS code)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to render; auto is CUDA when present."""
+
+    def main(self) -> None:
+        from neuralgs_ns.compress.run import resolve_device
+        from neuralgs_ns.view import serve
+
+        if not 1 <= self.port <= 65535:
+            raise NeuralGSError(f"--port {self.port} is not a TCP port (1-65535)")
+        serve(self.input, port=self.port, host=self.host, up=self.up, device=resolve_device(self.device))
+
+
+@dataclass
 class Bench:
     """Compares NeuralGS with what you already have on one teacher: PLY, half-float PLY, SPZ, SOG,
     importance pruning (alone and followed by SPZ) and gsplat's PNG compression, with NeuralGS
@@ -212,7 +239,7 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv=None) -> int:
-    commands = {"compress": Compress, "decode": Decode, "info": Info, "demo": Demo, "bench": Bench}
+    commands = {"compress": Compress, "decode": Decode, "info": Info, "view": View, "demo": Demo, "bench": Bench}
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:

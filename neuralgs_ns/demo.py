@@ -102,7 +102,8 @@ class DemoReport:
                  f"picture: {self.picture} (held-out view {self.picture_view.get('view', 0)}: ground truth | "
                  f"teacher | NeuralGS | error x4)",
                  f"teacher run:  {self.teacher_config_path.parent}",
-                 f"NeuralGS run: {c.config_path.parent} (ns-viewer --load-config {c.config_path})"]
+                 f"NeuralGS run: {c.config_path.parent}",
+                 f"look at it:   neuralgs view {c.output}"]
         return "\n".join(lines)
 
     def print(self) -> None:

@@ -35,7 +35,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -201,6 +201,31 @@ class CompressedScene:
         with torch.no_grad():
             return decode_gaussians(field, self.positions, self.labels, self.attribute_mins, self.attribute_maxs,
                                     self.sh_degree, self.residual_columns, residuals)
+
+
+def progressive_cluster_counts(n_clusters: int) -> List[int]:
+    """Cluster counts a progressive decode shows: 1, 2, 4, ... then all of them."""
+    counts, k = [], 1
+    while k < n_clusters:
+        counts.append(k)
+        k *= 2
+    return counts + [n_clusters]
+
+
+def decode_progressively(path: Path) -> Iterator[Tuple[int, int, Gaussians]]:
+    """(clusters decoded, clusters in the file, their Gaussians) for the first 1, 2, 4, ...
+    clusters and finally all: a preview that fills in as the file is decoded, largest
+    clusters first. The last item equals `CompressedScene.load(path).decode()`."""
+    path = Path(path)
+    data = _file_bytes(path)
+    try:
+        n_clusters = _Reader(data, path).header()["k"]
+    except NeuralGSError:
+        raise
+    except Exception as err:
+        raise InputFileError(path, f"corrupt file ({type(err).__name__}: {err})") from None
+    for k in progressive_cluster_counts(n_clusters):
+        yield k, n_clusters, CompressedScene.from_bytes(data, path, None if k == n_clusters else k).decode()
 
 
 def planned_bytes(positions: Tensor, labels: Tensor, grid: Tensor, bits: int, n_attributes: int,

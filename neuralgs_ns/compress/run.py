@@ -75,7 +75,8 @@ class CompressReport:
                  f"held-out PSNR {self.psnr:.2f} dB, {quality} "
                  f"(vs {self.measured_against}, {self.eval_views} views)", "",
                  format_stage_times(self.stage_seconds, self.total_seconds), "",
-                 f"run: {self.config_path.parent} (open with ns-viewer --load-config {self.config_path})"]
+                 f"look at it: neuralgs view {self.output}",
+                 f"run: {self.config_path.parent} (ns-viewer, ns-eval, ns-export: --load-config {self.config_path})"]
         return "\n".join(lines)
 
     def print(self) -> None:
