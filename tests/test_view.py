@@ -3,23 +3,15 @@ loaded in a real headless Chromium, its screenshot compared with `rasterize`."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from browser import CHROMIUM, HeadlessChromium, free_port, show_in_browser
 from neuralgs_ns.cli import main as cli_main
 from neuralgs_ns.codec import CompressedScene, decode_progressively, progressive_cluster_counts
 from neuralgs_ns.compress.pipeline_run import scene_bulk
@@ -27,7 +19,6 @@ from neuralgs_ns.formats import write_ply
 from neuralgs_ns.gaussians import SH_C0, Gaussians
 from neuralgs_ns.view import UP_AXES, home_camera, scene_stream, viewable_file
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # .ci/run sets this: there the browser test must run, not skip.
 REQUIRE_BROWSER = os.environ.get("NEURALGS_REQUIRE_BROWSER") == "1"
 
@@ -123,74 +114,6 @@ def test_view_errors_are_one_line(tmp_path, capsys):
 # --- in a real browser -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class HeadlessChromium:
-    """Chromium driven through the DevTools protocol (websocket), enough to load a page and
-    take screenshots; WebGL through SwiftShader, so no GPU is needed."""
-
-    def __init__(self, profile: Path, width: int, height: int):
-        port = _free_port()
-        self.process = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run",
-             "--use-angle=swiftshader", "--enable-unsafe-swiftshader", f"--remote-debugging-port={port}",
-             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self._connect(port)
-        except BaseException:
-            self.close()
-            raise
-        self.next_id = 0
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
-
-    def _connect(self, port: int) -> None:
-        from websockets.sync.client import connect
-
-        self.socket = None
-        deadline = time.time() + 60
-        while True:
-            try:
-                targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2))
-                break
-            except OSError:
-                if time.time() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("chromium did not open its DevTools port")
-                time.sleep(0.2)
-        page = next(t for t in targets if t["type"] == "page")
-        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None)
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv(timeout=60))
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def evaluate(self, expression: str):
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-    def screenshot(self) -> np.ndarray:
-        from PIL import Image
-
-        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
-        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255
-
-    def close(self) -> None:
-        if self.socket is not None:
-            self.socket.close()
-        # The whole process group: renderer and GPU processes must not outlive the test.
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
-
-
 @pytest.fixture
 def chromium(tmp_path):
     if CHROMIUM is None:
@@ -211,24 +134,9 @@ def test_the_viewer_shows_the_scene_in_a_real_browser(chromium, tmp_path):
     g = three_blobs()
     path = tmp_path / "blobs.ply"
     write_ply(g, path)
-    viewer = serve(path, port=_free_port(), host="127.0.0.1", forever=False)
+    viewer = serve(path, port=free_port(), host="127.0.0.1", forever=False)
     try:
-        chromium.call("Page.navigate", url=viewer.url)
-        max_res = viewer.viewer.control_panel.max_res
-        deadline = time.time() + 240  # first renders on a busy 2-core machine are slow
-        # Wait for the full-resolution frame (the viewer sends low-resolution previews first),
-        # then for the page to settle on it.
-        while f"{max_res}x" not in viewer.viewer.stats_markdown.content and f"x{max_res}px" not in \
-                viewer.viewer.stats_markdown.content:
-            assert time.time() < deadline, f"no full-resolution frame: {viewer.viewer.stats_markdown.content!r}"
-            time.sleep(0.5)
-        previous = chromium.screenshot()
-        while True:
-            time.sleep(1.0)
-            shot = chromium.screenshot()
-            if np.abs(shot - previous).mean() < 1e-3 or time.time() > deadline:
-                break
-            previous = shot
+        shot = show_in_browser(viewer, chromium)
         client = next(iter(viewer.server.get_clients().values()))
         state = viewer.viewer.get_camera_state(client)
         background = torch.tensor(viewer.viewer.control_panel.background_color) / 255
