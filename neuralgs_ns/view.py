@@ -131,6 +131,7 @@ class SplatViewer:
 
     def __init__(self, gaussians: Gaussians, source: Path, *, port: int = DEFAULT_PORT, host: str = "0.0.0.0",
                  up: str = "+z", device: str = "cpu"):
+        import viser
         from nerfstudio.configs.base_config import LoggingConfig, ViewerConfig
         from nerfstudio.utils import writer
         from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO, Viewer
@@ -153,6 +154,13 @@ class SplatViewer:
         logging.local_writer.enable = False
         writer.setup_local_writer(logging, max_iter=1)  # the render loop reads its timing buffer
         self.server = self.viewer.viser_server
+        # nerfstudio's title bar shows its logo from docs.nerf.studio, a broken image offline.
+        titlebar = viser.theme.TitlebarConfig(buttons=(
+            viser.theme.TitlebarButton(text="NeuralGS paper", icon=None, href="https://arxiv.org/abs/2503.23162"),
+            viser.theme.TitlebarButton(text="nerfstudio viewer", icon=None, href="https://docs.nerf.studio"),
+        ), image=None)
+        self.server.gui.configure_theme(titlebar_content=titlebar, control_layout="collapsible", dark_mode=True,
+                                        brand_color=(255, 211, 105))
         self.status = self.server.gui.add_markdown("")
         self.home = home_camera(gaussians, up)
         self.server.scene.set_up_direction(tuple(self.home.up))

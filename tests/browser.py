@@ -95,15 +95,20 @@ def show_in_browser(viewer, browser: HeadlessChromium, timeout_s: float = 240.0)
     browser.call("Page.navigate", url=viewer.url)
     max_res = viewer.viewer.control_panel.max_res
     deadline = time.time() + timeout_s  # first renders on a busy 2-core machine are slow
-    while f"{max_res}x" not in viewer.viewer.stats_markdown.content and f"x{max_res}px" not in \
-            viewer.viewer.stats_markdown.content:
+
+    def full_resolution_sent() -> bool:  # the viewer's stats name the size of the last frame sent
+        stats = viewer.viewer.stats_markdown.content
+        return f" {max_res}x" in stats or f"x{max_res}px" in stats
+
+    shots = []
+    while True:
         if time.time() > deadline:
-            raise TimeoutError(f"no full-resolution frame: {viewer.viewer.stats_markdown.content!r}")
-        time.sleep(0.5)
-    previous = browser.screenshot()
-    while True:  # until the page has settled on it
+            raise TimeoutError(f"the viewer did not settle on a full-resolution frame: "
+                               f"{viewer.viewer.stats_markdown.content!r}")
+        # A camera update (the page settling its layout) restarts the previews: keep looking
+        # until three screenshots a second apart agree, with the full-resolution frame sent
+        # before each.
+        shots = shots + [browser.screenshot()] if full_resolution_sent() else []
+        if len(shots) >= 3 and all(np.abs(shot - shots[-1]).mean() < 1e-3 for shot in shots[-3:]):
+            return shots[-1]
         time.sleep(1.0)
-        shot = browser.screenshot()
-        if np.abs(shot - previous).mean() < 1e-3 or time.time() > deadline:
-            return shot
-        previous = shot
