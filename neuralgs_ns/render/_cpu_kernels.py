@@ -27,11 +27,23 @@ _G_MX, _G_MY, _G_CA, _G_CB, _G_CC, _G_OP, _G_AX, _G_AY = range(8)
 _N_FIXED_GRADS = 8  # colour gradients follow these columns
 
 
-@njit(cache=True)
-def bin_gaussians(order, means2d, radii, tile_size, tiles_x, tiles_y):
-    """Lists, per tile, the Gaussians whose screen box touches it, sorted front to back.
+@njit(inline="always")
+def _tile_span(centre, extent, tile_size, n_tiles):
+    """Tiles [t0, t1) along one axis that pixels within `extent` of `centre` fall in."""
+    t0 = min(max(int(math.floor((centre - extent) / tile_size)), 0), n_tiles)
+    t1 = min(max(int(math.ceil((centre + extent) / tile_size)), 0), n_tiles)
+    return t0, t1
 
-    order: [C, N] Gaussian indices sorted by depth per camera. means2d [C, N, 2], radii [C, N].
+
+@njit(cache=True)
+def bin_gaussians(order, means2d, radii, conics, opacities, tile_size, tiles_x, tiles_y):
+    """Lists, per tile, the Gaussians that can reach alpha 1/255 in it, sorted front to back.
+
+    order: [C, N] Gaussian indices sorted by depth per camera. means2d [C, N, 2], radii [C, N],
+    conics [C, N, 3], opacities [C, N]. A Gaussian's tiles are those of gsplat's square of
+    half-width `radius` (3 sigma), cut down to the box around the ellipse where its alpha still
+    reaches 1/255: faint Gaussians cover far fewer tiles, and the tiles dropped are ones where
+    the compositing kernels would skip every pixel, so the image is the same.
     Returns (offsets [C * tiles + 1], ids [n_isect]): tile k of camera c holds
     ids[offsets[c * tiles + k] : offsets[c * tiles + k + 1]].
     """
@@ -44,13 +56,22 @@ def bin_gaussians(order, means2d, radii, tile_size, tiles_x, tiles_y):
             r = radii[c, g]
             if r <= 0:
                 continue
-            tx = means2d[c, g, 0] / tile_size
-            ty = means2d[c, g, 1] / tile_size
-            tr = r / tile_size
-            x0 = min(max(int(math.floor(tx - tr)), 0), tiles_x)
-            y0 = min(max(int(math.floor(ty - tr)), 0), tiles_y)
-            x1 = min(max(int(math.ceil(tx + tr)), 0), tiles_x)
-            y1 = min(max(int(math.ceil(ty + tr)), 0), tiles_y)
+            s_max = _alpha_cutoff(opacities[c, g])
+            if s_max < 0.0:
+                continue  # rect stays empty
+            ex = float(r)
+            ey = float(r)
+            ca = conics[c, g, 0]
+            cb = conics[c, g, 1]
+            cc = conics[c, g, 2]
+            det = ca * cc - cb * cb
+            if det > 0.0:
+                # sigma = 0.5 d^T conic d <= s_max: an ellipse whose box has half-widths
+                # sqrt(2 s_max cov_xx), sqrt(2 s_max cov_yy); one pixel of margin as the kernels.
+                ex = min(ex, math.sqrt(2.0 * s_max * cc / det) + 1.0)
+                ey = min(ey, math.sqrt(2.0 * s_max * ca / det) + 1.0)
+            x0, x1 = _tile_span(means2d[c, g, 0], ex, tile_size, tiles_x)
+            y0, y1 = _tile_span(means2d[c, g, 1], ey, tile_size, tiles_y)
             rects[c, g, 0] = x0
             rects[c, g, 1] = y0
             rects[c, g, 2] = x1

@@ -109,7 +109,8 @@ class _RasterizeToPixels(torch.autograd.Function):
         np_args = [t.detach().contiguous().numpy() for t in (means2d, conics, colors, opacities, backgrounds)]
         order = np.argsort(depths.detach().numpy(), axis=1, kind="stable")
         with _KERNEL_LOCK:
-            offsets, ids = kernels.bin_gaussians(order, np_args[0], radii.numpy(), TILE_SIZE, tiles_x, tiles_y)
+            offsets, ids = kernels.bin_gaussians(order, np_args[0], radii.numpy(), np_args[1], np_args[3], TILE_SIZE,
+                                                 tiles_x, tiles_y)
             render, t_final, last_ids = kernels.rasterize_forward(
                 offsets, ids, *np_args, width, height, TILE_SIZE, tiles_x, tiles_y
             )
