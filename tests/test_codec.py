@@ -241,7 +241,9 @@ def test_a_signal_while_writing_leaves_no_file_behind(valid_file, tmp_path, sign
     fsync made slow): the command exits with 128 + the signal and leaves nothing."""
     path, _ = valid_file
     script = (
-        "import os, sys, time\n"
+        "import os, signal, sys, time\n"
+        # As in a terminal, even when pytest runs where SIGINT is ignored (a background job).
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def slow_fsync(fd):\n"
         "    print('writing', flush=True)\n"
         "    time.sleep(60)\n"
