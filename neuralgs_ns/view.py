@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from neuralgs_ns.compress.pipeline_run import TeacherViews, scene_bulk
-from neuralgs_ns.gaussians import Gaussians
+from neuralgs_ns.gaussians import PARAM_NAMES, Gaussians
 from neuralgs_ns.models.neuralgs import COMPRESSED_FILE_NAME
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, PortableSplatfactoModelConfig
 
@@ -94,7 +94,7 @@ class SplatViewModel(PortableSplatfactoModel):
         gaussians = gaussians.to(self.device)
         self.gauss_params = torch.nn.ParameterDict(
             {name: torch.nn.Parameter(getattr(gaussians, name).float(), requires_grad=False)
-             for name in ("means", "scales", "quats", "opacities", "features_dc", "features_rest")})
+             for name in PARAM_NAMES})
         self.config.sh_degree = gaussians.sh_degree
 
 
@@ -203,7 +203,7 @@ def serve(path: Path, *, port: int = DEFAULT_PORT, host: str = "0.0.0.0", up: st
     stream = scene_stream(path)
     gaussians, status = next(stream)
     viewer = SplatViewer(gaussians, path, port=port, host=host, up=up, device=device)
-    viewer.show(gaussians, status)
+    viewer.status.content = status
     print(f"neuralgs view: {path} in nerfstudio's viewer at {viewer.url} (Ctrl-C to stop)", flush=True)
     print(f"  showing {status}", flush=True)
     for gaussians, status in stream:

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,13 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from neuralgs_ns.distributed import free_port
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["CHROMIUM", "HeadlessChromium", "free_port", "show_in_browser"]
 
 
 class HeadlessChromium:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -218,12 +219,8 @@ def decode_progressively(path: Path) -> Iterator[Tuple[int, int, Gaussians]]:
     clusters first. The last item equals `CompressedScene.load(path).decode()`."""
     path = Path(path)
     data = _file_bytes(path)
-    try:
+    with _reporting_corruption(path):
         n_clusters = _Reader(data, path).header()["k"]
-    except NeuralGSError:
-        raise
-    except Exception as err:
-        raise InputFileError(path, f"corrupt file ({type(err).__name__}: {err})") from None
     for k in progressive_cluster_counts(n_clusters):
         yield k, n_clusters, CompressedScene.from_bytes(data, path, None if k == n_clusters else k).decode()
 
@@ -269,14 +266,22 @@ def _file_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _parse(data: bytes, path: Path, max_clusters: Optional[int]) -> Tuple[CompressedScene, "_Reader"]:
-    reader = _Reader(data, path)
+@contextmanager
+def _reporting_corruption(path: Path):
+    """A decoder must not crash on hostile bytes: anything but our own errors is reported as a
+    corrupt file, without a traceback."""
     try:
-        return reader.scene(max_clusters), reader
+        yield
     except NeuralGSError:
         raise
-    except Exception as err:  # a decoder must not crash on hostile bytes: report, don't trace
+    except Exception as err:
         raise InputFileError(path, f"corrupt file ({type(err).__name__}: {err})") from None
+
+
+def _parse(data: bytes, path: Path, max_clusters: Optional[int]) -> Tuple[CompressedScene, "_Reader"]:
+    reader = _Reader(data, path)
+    with _reporting_corruption(path):
+        return reader.scene(max_clusters), reader
 
 
 class _Reader:
