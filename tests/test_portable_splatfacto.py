@@ -275,6 +275,30 @@ def test_eval_setup_loads_the_checkpoint(trained_run):
     assert torch.isfinite(outputs["depth"]).all()
 
 
+def test_resumed_training_steps_the_loaded_gaussians(trained_run, tmp_path):
+    """`ns-train --load-dir` continues the run: the optimisers hold the loaded Parameters (with
+    their Adam moments) and move them, before any densification could rebind them."""
+    ckpt = torch.load(trained_run["checkpoint"], map_location="cpu")
+    saved = {k[len("_model.gauss_params."):]: v for k, v in ckpt["pipeline"].items()
+             if k.startswith("_model.gauss_params.")}
+    config = portable_trainer_config(tmp_path, Path(trained_run["pipeline"].datamanager.config.dataparser.data),
+                                     "cpu", 5, "resumed")  # 5 more steps
+    config.pipeline.model = _test_model_config(refine_every=1000)  # none of them refines
+    config.load_dir = trained_run["checkpoint"].parent
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    model = trainer.pipeline.model
+    assert trainer._start_step == ckpt["step"] + 1
+    for name, param in model.gauss_params.items():
+        optimizer = trainer.optimizers.optimizers[name]
+        assert optimizer.param_groups[0]["params"][0] is param, name
+        assert torch.equal(optimizer.state[param]["exp_avg"], ckpt["optimizers"][name]["state"][0]["exp_avg"]), name
+    trainer.train()
+    assert model.num_points == len(saved["means"])
+    for name in ("means", "scales", "features_dc", "opacities"):
+        assert not torch.allclose(model.gauss_params[name].detach(), saved[name]), f"{name} did not move"
+
+
 def test_ns_export_gaussian_splat_writes_every_visible_gaussian(trained_run, tmp_path):
     # A fresh process: the torch.load allow-list must arrive through nerfstudio's plugin discovery.
     ns_export = [sys.executable, "-c", "from nerfstudio.scripts.exporter import entrypoint; entrypoint()"]

@@ -209,10 +209,20 @@ class PortableSplatfactoModel(SplatfactoModel):
             )
 
     def load_state_dict(self, state_dict, **kwargs):  # type: ignore
-        """Splatfacto's loading (resizes the Gaussians to the checkpoint's count), ignoring the
-        `lpips.*` metric weights that splatfacto checkpoints carry."""
+        """Splatfacto's loading, ignoring the `lpips.*` metric weights its checkpoints carry.
+
+        The Gaussians are resized to the checkpoint's count in place: splatfacto replaces the
+        Parameters, so on `ns-train --load-dir` the optimisers, built before the checkpoint is
+        loaded, go on stepping the discarded ones and the resumed run never trains."""
         state_dict = {key: value for key, value in state_dict.items() if not key.startswith("lpips.")}
-        super().load_state_dict(state_dict, **kwargs)
+        if "means" in state_dict:  # checkpoints older than gauss_params (splatfacto's remapping)
+            for name in self.gauss_params:
+                state_dict[f"gauss_params.{name}"] = state_dict.pop(name)
+        n = state_dict["gauss_params.means"].shape[0]
+        for param in self.gauss_params.values():
+            param.data = torch.zeros((n,) + tuple(param.shape[1:]), dtype=param.dtype, device=param.device)
+        self.step = 30000  # as splatfacto: a loaded model renders every SH band (training resets it)
+        torch.nn.Module.load_state_dict(self, state_dict, **kwargs)
 
     def gaussian_params(self) -> Dict[str, Tensor]:
         """The Gaussians to render, splatfacto's parameterisation (log scales, logit
