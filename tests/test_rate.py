@@ -12,7 +12,8 @@ from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig
 from neuralgs_ns.compress.pipeline_run import TeacherViews, sphere_cameras
 from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION, MIN_AUTO_POSITION_BITS,
                                        POSITION_BITS_ESTIMATE, SIZE_MARGIN, FieldPlan, capped_mlp_width,
-                                       choose_position_bits, corrections_to_drop, fine_tune_steps,
+                                       choose_position_bits, corrections_to_drop, default_target_bytes,
+                                       fine_tune_steps,
                                        mlp_bytes_per_cluster, parse_size, plan_for_size, prune_fraction_for_size,
                                        residual_bytes, residual_step_for_budget)
 from neuralgs_ns.gaussians import Gaussians
@@ -103,6 +104,40 @@ def test_pruning_rises_only_when_the_target_leaves_too_few_bits_per_gaussian():
     assert prune_fraction_for_size(int(roomy), n, 0.4) == 0.4
     assert prune_fraction_for_size(int(0.3 * roomy), n, 0.4) == pytest.approx(0.75)  # keeps 29% (the margin)
     assert prune_fraction_for_size(10, n, 0.4) == MAX_PRUNE_FRACTION
+
+
+@pytest.mark.parametrize("degree, min_ratio", [(0, 25), (3, 50)])
+def test_the_default_size_rule_meets_issue_12s_ratios_on_a_plain_ply(degree, min_ratio):
+    """The default file is at most the rule's size, so the rule alone must put it at 25x a
+    float .ply without normals at SH degree 0 and 50x at degree 3 (normals only add bytes)."""
+    from neuralgs_ns.compress.clustering import attribute_count
+    from neuralgs_ns.formats.ply import ply_bytes
+    from test_gaussians import random_gaussians
+
+    teacher = random_gaussians(n=2000, degree=degree, seed=0)
+    ply = len(ply_bytes(teacher, normals=False))
+    target = default_target_bytes(len(teacher), attribute_count(degree))
+    assert ply / target >= min_ratio
+    assert ply / target < 1.2 * min_ratio  # and not far past it: the rest goes to quality
+
+
+@pytest.mark.parametrize("n, preset, target_size, expected", [
+    (50_000, "cpu", None, "rule"),
+    (50_000, "cpu", "300KB", None),  # the user's size wins
+    (50_000, "neuralgs", None, None),  # the paper's fixed settings
+    (300, "cpu", None, None),  # too small for the rule: fixed settings
+])
+def test_the_default_size_rule_applies_where_the_user_named_no_size(n, preset, target_size, expected):
+    from types import SimpleNamespace
+
+    from neuralgs_ns.compress.clustering import attribute_count
+    from neuralgs_ns.models.neuralgs import NeuralGSModel, NeuralGSModelConfig
+    from test_gaussians import random_gaussians
+
+    teacher = random_gaussians(n=n, degree=3, seed=0)
+    model = SimpleNamespace(config=NeuralGSModelConfig(preset=preset, target_size=target_size), device="cpu")
+    chosen = NeuralGSModel._default_target_bytes(model, teacher)
+    assert chosen == (default_target_bytes(n, attribute_count(3)) if expected == "rule" else None)
 
 
 def clustered_points(n=3000, k=3, seed=0):

@@ -37,8 +37,8 @@ from neuralgs_ns.compress.guard import FineTuneGuard
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan, capped_mlp_width,
-                                       choose_position_bits, choose_residual_step, mlp_bytes_per_cluster,
-                                       plan_for_size, prune_fraction_for_size, residual_step_for_budget,
+                                       choose_position_bits, choose_residual_step, default_target_bytes,
+                                       mlp_bytes_per_cluster, plan_for_size, prune_fraction_for_size, residual_step_for_budget,
                                        smallest_size, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.formats import load_teacher
@@ -60,7 +60,8 @@ PRESETS: Dict[str, Dict[str, float]] = {
     # The paper's settings (NEURALGS.md): for a GPU.
     "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, target_cluster_size=20000,
                      min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000,
-                     max_mlp_bits_per_gaussian=math.inf, residual_attributes=(), residual_step=None),
+                     max_mlp_bits_per_gaussian=math.inf, residual_attributes=(), residual_step=None,
+                     size_rule=False),
     # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
     # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
@@ -74,7 +75,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     # 194 KB and 30.68 dB with 11-bit positions and 3000 steps, against 280 KB and 30.86 dB.
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
                 fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
-                max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None),
+                max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None, size_rule=True),
 }
 
 
@@ -155,7 +156,12 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     target_size: Optional[str] = None
     """Size of the compressed file: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
     is at most this and at least 90% of it: pruning, position grid, MLP width and the step of
-    the corrections are chosen to fit (`compress.rate`). None: the preset's rate."""
+    the corrections are chosen to fit (`compress.rate`). None: size_rule decides."""
+    size_rule: Optional[bool] = None
+    """Without target_size: aim the file at the default size rule's
+    (`compress.rate.default_target_bytes`: 11 bits per teacher Gaussian plus 0.45 per attribute,
+    16 bits at SH degree 0 and 36 at degree 3). Off: the preset's fixed settings, whatever size
+    they make (preset: paper off, cpu on)."""
     residual_attributes: Optional[Tuple[Literal[AttributeGroup, "auto"], ...]] = None
     """Attribute groups that also get a per-Gaussian correction of the MLP's prediction, stored
     entropy coded as integer multiples of residual_step (`codec.residuals`) and trained in
@@ -265,6 +271,9 @@ class NeuralGSModel(PortableSplatfactoModel):
         # for diagnostics such as benchmarks/bench_attributes.py; not saved in checkpoints.
         self.fit_targets: Optional[Tensor] = None
         self._averages: Optional[List[Tensor]] = None  # running means of the last steps' weights
+        # The default size rule's target (`_default_target_bytes`), set in stage A; None with a
+        # user's target size, the paper preset or a resumed run.
+        self.default_target: Optional[int] = None
         self._averaged = 0
 
     # --- stages A-C ----------------------------------------------------------------------
@@ -281,12 +290,13 @@ class NeuralGSModel(PortableSplatfactoModel):
         with timer.stage("Load teacher"):
             teacher = load_teacher(cfg.teacher).to(device)
             n_attributes = attribute_count(teacher.sh_degree)
-            target = self.target_bytes()
             check_target_size(cfg, teacher, str(device))
             cameras = datamanager.train_dataset.cameras.to(device)
             views = [self._view(cameras[i : i + 1]) for i in range(len(cameras))]
             teacher = self._teacher_in_dataset_frame(teacher, views, datamanager)
             CONSOLE.log(f"teacher: {len(teacher)} Gaussians, SH degree {teacher.sh_degree}")
+            self.default_target = self._default_target_bytes(teacher)
+            target = self.target_bytes()
 
         with timer.stage("Stage A: importance"):
             with progress_bar("importance over training views", len(views)) as advance:
@@ -367,8 +377,29 @@ class NeuralGSModel(PortableSplatfactoModel):
         self.stage_seconds.update(timer.seconds)
 
     def target_bytes(self) -> Optional[int]:
-        """The target size in bytes, or None."""
-        return target_bytes(self.config)
+        """The size the file aims at in bytes: the user's, else the default rule's, else None."""
+        explicit = target_bytes(self.config)
+        return explicit if explicit is not None else self.default_target
+
+    def _default_target_bytes(self, teacher: Gaussians) -> Optional[int]:
+        """The default size rule's target for `teacher` when the user named no size and the
+        preset follows the rule; None (fixed settings) for a teacher too small for the rule to
+        leave room for the MLPs, where the rule would prune it to almost nothing."""
+        cfg, device = self.config, str(self.device)
+        if target_bytes(cfg) is not None or not cfg.preset_value("size_rule", device):
+            return None
+        n_attributes = attribute_count(teacher.sh_degree)
+        target = default_target_bytes(len(teacher), n_attributes)
+        field_cfg = cfg.field_config(device)
+        narrowest = mlp_bytes_per_cluster(field_cfg.n_frequencies, MIN_MLP_WIDTH, field_cfg.depth, n_attributes,
+                                          field_cfg.weight_precision)
+        if target < 2 * smallest_size(teacher.means, n_attributes, narrowest):
+            CONSOLE.log(f"default size rule: {target:,} B leaves this {len(teacher):,}-Gaussian teacher too little; "
+                        f"fixed settings instead")
+            return None
+        CONSOLE.log(f"default size rule: {target:,} B ({8 * target / len(teacher):.1f} bits per teacher Gaussian; "
+                    f"--target-size sets another)")
+        return target
 
     def _planned_field_config(self, n_gaussians: int, n_clusters: int, n_attributes: int) -> FieldPlan:
         cfg, device = self.config, str(self.device)
