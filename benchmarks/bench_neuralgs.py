@@ -194,7 +194,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one compress run per seed (default 0)")
     parser.add_argument("--preset", default="cpu", choices=["auto", "neuralgs", "cpu"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--target-size", help="compress --target-size (default: the preset's rate)")
+    parser.add_argument("--target-size", help="compress --target-size (default: the preset's default size)")
     parser.add_argument("--fit-iterations", type=int, help="stage C steps (default: the preset's)")
     parser.add_argument("--fine-tune-iterations", type=int, help="stage D steps (default: the preset's)")
     parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",

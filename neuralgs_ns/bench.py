@@ -17,7 +17,7 @@ row saying why, and the others still run.
     png-gsplat      gsplat 1.4.0's PngCompression (CUDA, torchpq and plas)
     prune-40-spz, prune-66-spz
                     the same pruning, then SPZ: what a careful user can assemble today
-    neuralgs        NeuralGS at its default rate
+    neuralgs        NeuralGS at its default size (the size rule without --target-size)
     neuralgs@SIZE   NeuralGS with --target-size SIZE (e.g. neuralgs@500KB)
     neuralgs-curve  NeuralGS at 0.5, 0.7, 1.4 and 2 times the default run's size (after
                     `neuralgs`, or around the teacher's size / 50 without it)
@@ -232,7 +232,8 @@ METHODS: Dict[str, Method] = {
                                       formats.read_spz_gsply, unavailable=_spz_unavailable) for percent in (40, 66)},
     "png-gsplat": Method("gsplat 1.4.0 PngCompression (PLAS sort, PNGs, k-means SH)", "", _encode_png, _decode_png,
                          unavailable=_png_unavailable),
-    "neuralgs": Method("NeuralGS at its default rate", ".ngs", partial(_encode_neuralgs, None), _decode_ngs,
+    "neuralgs": Method("NeuralGS at its default size (no --target-size)", ".ngs", partial(_encode_neuralgs, None),
+                       _decode_ngs,
                        in_teacher_frame=False),
 }
 DEFAULT_METHODS: Tuple[str, ...] = (*METHODS, CURVE)

@@ -41,8 +41,8 @@ TEACHER_INITIAL_GAUSSIANS = 5000
 
 @dataclass
 class DemoBudget:
-    """Sizes and step counts of a demo run. The defaults took 6.1 min on this project's 2-core
-    CPU: teacher 2.1 min, stage C 28 s, stage D 3.4 min (3000 steps)."""
+    """Sizes and step counts of a demo run, small enough for minutes on a 2-core CPU (the
+    README's quick start has a measured run)."""
 
     teacher_steps: int = 3000
     """splatfacto-portable training steps of the teacher."""

@@ -185,7 +185,8 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         inspect: called as inspect("stage C", pipeline) after stages A-C and inspect("stage D",
             pipeline) after fine-tuning, for diagnostics (benchmarks/bench_attributes.py).
         target_size: the file's size, bytes or a string such as "500KB" (`rate.parse_size`);
-            the file is at most that and at least 90% of it. None: the preset's rate.
+            the file is at most that and at least 90% of it. None: the preset's default (the
+            cpu preset's size rule, `rate.default_target_bytes`).
         downscale: divide `data`'s images by this (nerfstudio and COLMAP datasets; the
             images_N folders are written where missing); None: halve until the longest side
             is at most 1600 px (`pipeline_run.dataparser_for`).
