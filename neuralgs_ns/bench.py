@@ -233,8 +233,7 @@ METHODS: Dict[str, Method] = {
     "png-gsplat": Method("gsplat 1.4.0 PngCompression (PLAS sort, PNGs, k-means SH)", "", _encode_png, _decode_png,
                          unavailable=_png_unavailable),
     "neuralgs": Method("NeuralGS at its default size (no --target-size)", ".ngs", partial(_encode_neuralgs, None),
-                       _decode_ngs,
-                       in_teacher_frame=False),
+                       _decode_ngs, in_teacher_frame=False),
 }
 DEFAULT_METHODS: Tuple[str, ...] = (*METHODS, CURVE)
 

@@ -38,8 +38,8 @@ from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan, capped_mlp_width,
                                        choose_position_bits, choose_residual_step, default_target_bytes,
-                                       mlp_bytes_per_cluster, plan_for_size, prune_fraction_for_size, residual_step_for_budget,
-                                       smallest_size, target_size_bytes)
+                                       mlp_bytes_per_cluster, plan_for_size, prune_fraction_for_size,
+                                       residual_step_for_budget, smallest_size, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.formats import load_teacher
 from neuralgs_ns.gaussians import SH_C0, Gaussians
@@ -218,16 +218,21 @@ def target_bytes(config: NeuralGSModelConfig) -> Optional[int]:
     return target_size_bytes(config.target_size)
 
 
+def smallest_file_bytes(config: NeuralGSModelConfig, teacher: Gaussians, device: str) -> int:
+    """The smallest file possible for `teacher` with `config`'s MLPs (`rate.smallest_size`)."""
+    field_cfg = config.field_config(device)
+    n_attributes = attribute_count(teacher.sh_degree)
+    narrowest = mlp_bytes_per_cluster(field_cfg.n_frequencies, MIN_MLP_WIDTH, field_cfg.depth, n_attributes,
+                                      field_cfg.weight_precision)
+    return smallest_size(teacher.means, n_attributes, narrowest)
+
+
 def check_target_size(config: NeuralGSModelConfig, teacher: Gaussians, device: str) -> None:
     """Refuses, before any long work, a target size below the smallest file possible."""
     target = target_bytes(config)
     if target is None:
         return
-    field_cfg = config.field_config(device)
-    n_attributes = attribute_count(teacher.sh_degree)
-    narrowest = mlp_bytes_per_cluster(field_cfg.n_frequencies, MIN_MLP_WIDTH, field_cfg.depth, n_attributes,
-                                      field_cfg.weight_precision)
-    floor = smallest_size(teacher.means, n_attributes, narrowest)
+    floor = smallest_file_bytes(config, teacher, device)
     if target < floor:
         raise NeuralGSError(f"--target-size {target:,} B is too small for {config.teacher}: the smallest file "
                             f"possible is about {floor:,} B ({1 - MAX_PRUNE_FRACTION:.0%} of its {len(teacher):,} "
@@ -388,12 +393,8 @@ class NeuralGSModel(PortableSplatfactoModel):
         cfg, device = self.config, str(self.device)
         if target_bytes(cfg) is not None or not cfg.preset_value("size_rule", device):
             return None
-        n_attributes = attribute_count(teacher.sh_degree)
-        target = default_target_bytes(len(teacher), n_attributes)
-        field_cfg = cfg.field_config(device)
-        narrowest = mlp_bytes_per_cluster(field_cfg.n_frequencies, MIN_MLP_WIDTH, field_cfg.depth, n_attributes,
-                                          field_cfg.weight_precision)
-        if target < 2 * smallest_size(teacher.means, n_attributes, narrowest):
+        target = default_target_bytes(len(teacher), attribute_count(teacher.sh_degree))
+        if target < 2 * smallest_file_bytes(cfg, teacher, device):
             CONSOLE.log(f"default size rule: {target:,} B leaves this {len(teacher):,}-Gaussian teacher too little; "
                         f"fixed settings instead")
             return None
