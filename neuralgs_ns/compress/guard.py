@@ -9,14 +9,21 @@ guard tells the two apart from the training loss itself.
 
 Each step's loss is divided by the loss the stage C fit had on the same view: views differ
 in difficulty by tens of percent, so raw losses of different views cannot be compared. When
-an exponential moving average of that ratio climbs above `ratio_limit` within `window` steps
-of a (re)start, the steps are too large for this scene: the caller puts the stage C weights
-back, clears the optimiser's moments and scales the learning rate by `backoff`.
+the median of the last `span` such ratios climbs above `ratio_limit` within `window` steps of
+a (re)start, the steps are too large for this scene: the caller puts the stage C weights back,
+clears the optimiser's moments and scales the learning rate by `backoff`. A median, not a
+mean: one view far above its reference (a view whose stage C loss is tiny, or one that sees a
+flaw no other view sees) is no sign the steps are too large, while a moving average of the
+ratios let a single 12x view restart a run that was improving and leave it fine-tuning at a
+hundredth of its rate. A non-finite loss restarts at once: the weights themselves are broken.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from statistics import median
+from typing import List
 
 import torch
 from torch import Tensor
@@ -27,20 +34,19 @@ class FineTuneGuard:
     view_losses: Tensor
     """[n_views] the stage C fit's loss on each training view."""
     ratio_limit: float = 1.1
-    """Restart when the smoothed loss ratio to stage C exceeds this."""
+    """Restart when the median loss ratio to stage C exceeds this."""
     window: int = 200
     """Steps after each (re)start during which the guard watches."""
     max_restarts: int = 2
     """Restarts at most (learning rate divided by at most 1/backoff^max_restarts)."""
     backoff: float = 0.1
     """Learning-rate factor of each restart."""
-    smoothing: float = 0.9
-    """Weight of the past in the moving average."""
-    min_steps: int = 10
-    """Steps averaged before the guard may trigger: a single hard view must not."""
+    span: int = 10
+    """Steps whose ratios the median takes; the guard triggers no earlier than this after a
+    (re)start, and ignores fewer than span/2 outlying views among them."""
     restarts: int = field(default=0, init=False)
     steps: int = field(default=0, init=False)  # since the last (re)start
-    ratio: float = field(default=1.0, init=False)  # smoothed
+    recent: List[float] = field(default_factory=list, init=False)  # the last `span` ratios
     last_trigger_ratio: float = field(default=float("nan"), init=False)
 
     def __post_init__(self) -> None:
@@ -62,11 +68,16 @@ class FineTuneGuard:
         mean of such ratios over data-parallel ranks)."""
         if not self.watching:
             return False
-        self.ratio = ratio if self.steps == 0 else self.smoothing * self.ratio + (1 - self.smoothing) * ratio
         self.steps += 1
-        # Written so that a NaN loss restarts too.
-        if self.steps >= self.min_steps and not self.ratio <= self.ratio_limit:
-            self.restarts += 1
-            self.last_trigger_ratio, self.steps, self.ratio = self.ratio, 0, 1.0
-            return True
-        return False
+        self.recent = (self.recent + [ratio])[-self.span :]
+        if math.isfinite(ratio):
+            if len(self.recent) < self.span:
+                return False
+            level = median(self.recent)
+            if level <= self.ratio_limit:
+                return False
+        else:
+            level = ratio
+        self.restarts += 1
+        self.last_trigger_ratio, self.steps, self.recent = level, 0, []
+        return True

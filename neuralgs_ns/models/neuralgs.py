@@ -717,6 +717,9 @@ class NeuralGSModel(PortableSplatfactoModel):
         view, loss = self._last_step_loss
         self._last_step_loss = None
         ratio = loss / float(self.guard.view_losses[view])
+        if self.guard.watching and math.isfinite(ratio) and ratio > 3 * self.guard.ratio_limit:
+            CONSOLE.log(f"stage D step {step}: training view {view} at {ratio:.1f}x its stage C loss "
+                        f"(the guard acts on the median of {self.guard.span} steps)", style="dim")
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Data parallel: every rank's guard sees the mean over the ranks' views, so all
             # of them restart (or not) together and their weights stay identical.
