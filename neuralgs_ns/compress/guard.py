@@ -8,14 +8,21 @@ run ended anywhere between 27.8 and 30.4 dB by seed) while 1e-4 reached 30.7-31.
 guard tells the two apart from the training loss itself.
 
 Each step's loss is divided by the loss the stage C fit had on the same view: views differ
-in difficulty by tens of percent, so raw losses of different views cannot be compared. When
-the median of the last `span` such ratios climbs above `ratio_limit` within `window` steps of
-a (re)start, the steps are too large for this scene: the caller puts the stage C weights back,
-clears the optimiser's moments and scales the learning rate by `backoff`. A median, not a
-mean: one view far above its reference (a view whose stage C loss is tiny, or one that sees a
-flaw no other view sees) is no sign the steps are too large, while a moving average of the
-ratios let a single 12x view restart a run that was improving and leave it fine-tuning at a
-hundredth of its rate. A non-finite loss restarts at once: the weights themselves are broken.
+in difficulty by tens of percent, so raw losses of different views cannot be compared. The
+guard watches the median of the last `span` such ratios for `window` steps after each
+(re)start. It restarts fine-tuning (the caller puts the stage C weights back, clears the
+optimiser's moments and scales the learning rate by `backoff`) when
+
+- the median passes `blowup_limit` at any step: the steps are far too large; or
+- at the window's last step the median is still above `settle_limit`: the run has not got
+  below the fit it started from. Adam's first steps raise the loss for a while on every scene
+  (lego-200, whose fit is far from the images and needs the large steps, by 11% over its
+  first 15 steps); what separates the scenes is whether it comes back down.
+
+A median, not a mean: one view far above its reference (a view whose stage C loss is tiny,
+or one that sees a flaw no other view sees) is no sign the steps are too large, while a moving
+average of the ratios let a single 12x view restart a run that was improving and leave it
+fine-tuning at a hundredth of its rate. A non-finite loss restarts at once.
 """
 
 from __future__ import annotations
@@ -33,21 +40,24 @@ from torch import Tensor
 class FineTuneGuard:
     view_losses: Tensor
     """[n_views] the stage C fit's loss on each training view."""
-    ratio_limit: float = 1.1
-    """Restart when the median loss ratio to stage C exceeds this."""
-    window: int = 200
+    blowup_limit: float = 2.0
+    """Restart at once when the median loss ratio to stage C exceeds this."""
+    settle_limit: float = 1.0
+    """Restart when the median loss ratio is above this at the end of the window."""
+    window: int = 100
     """Steps after each (re)start during which the guard watches."""
     max_restarts: int = 2
     """Restarts at most (learning rate divided by at most 1/backoff^max_restarts)."""
     backoff: float = 0.1
     """Learning-rate factor of each restart."""
     span: int = 10
-    """Steps whose ratios the median takes; the guard triggers no earlier than this after a
-    (re)start, and ignores fewer than span/2 outlying views among them."""
+    """Steps whose ratios the median takes; fewer than span/2 outlying views among them
+    change nothing."""
     restarts: int = field(default=0, init=False)
     steps: int = field(default=0, init=False)  # since the last (re)start
     recent: List[float] = field(default_factory=list, init=False)  # the last `span` ratios
     last_trigger_ratio: float = field(default=float("nan"), init=False)
+    last_trigger_reason: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.view_losses = self.view_losses.detach().float().cpu()
@@ -70,14 +80,19 @@ class FineTuneGuard:
             return False
         self.steps += 1
         self.recent = (self.recent + [ratio])[-self.span :]
-        if math.isfinite(ratio):
-            if len(self.recent) < self.span:
-                return False
-            level = median(self.recent)
-            if level <= self.ratio_limit:
-                return False
-        else:
-            level = ratio
+        if not math.isfinite(ratio):
+            return self._restart(ratio, "the training loss is not finite")
+        if len(self.recent) < self.span:
+            return False
+        level = median(self.recent)
+        if level > self.blowup_limit:
+            return self._restart(level, f"the training loss rose to {level:.2f}x the stage C fit's")
+        if self.steps == self.window and level > self.settle_limit:
+            return self._restart(level, f"after {self.window} steps the training loss is still {level:.2f}x the "
+                                        "stage C fit's")
+        return False
+
+    def _restart(self, level: float, reason: str) -> bool:
         self.restarts += 1
-        self.last_trigger_ratio, self.steps, self.recent = level, 0, []
+        self.last_trigger_ratio, self.last_trigger_reason, self.steps, self.recent = level, reason, 0, []
         return True

@@ -85,6 +85,15 @@ def sphere_cameras(gaussians: Gaussians, n: int, views: TeacherViews) -> List[Tu
     return cameras
 
 
+def held_out_mask(views: TeacherViews) -> np.ndarray:
+    """[n_train + n_val] True for the held-out cameras of `sphere_cameras`' list: n_val of
+    them spread evenly along the sphere."""
+    n_total = views.n_train + views.n_val
+    is_val = np.zeros(n_total, dtype=bool)
+    is_val[np.linspace(0, n_total - 1, views.n_val).round().astype(int)] = True
+    return is_val
+
+
 @torch.no_grad()
 def render_teacher_dataset(teacher: Gaussians, output_dir: Path, views: TeacherViews, device: str) -> Path:
     """Writes the teacher's renders as a blender-format dataset (RGBA PNGs, straight alpha)."""
@@ -96,8 +105,7 @@ def render_teacher_dataset(teacher: Gaussians, output_dir: Path, views: TeacherV
     n_total = views.n_train + views.n_val
     cameras = sphere_cameras(teacher, n_total, views)
     teacher = teacher.to(device)
-    is_val = np.zeros(n_total, dtype=bool)
-    is_val[np.linspace(0, n_total - 1, views.n_val).round().astype(int)] = True
+    is_val = held_out_mask(views)
     frames: Dict[str, list] = {"train": [], "val": []}
     with progress_bar("render teacher views", n_total) as advance:
         for i, (c2w, viewmat, K) in enumerate(cameras):

@@ -717,7 +717,7 @@ class NeuralGSModel(PortableSplatfactoModel):
         view, loss = self._last_step_loss
         self._last_step_loss = None
         ratio = loss / float(self.guard.view_losses[view])
-        if self.guard.watching and math.isfinite(ratio) and ratio > 3 * self.guard.ratio_limit:
+        if self.guard.watching and math.isfinite(ratio) and ratio > 2 * self.guard.blowup_limit:
             CONSOLE.log(f"stage D step {step}: training view {view} at {ratio:.1f}x its stage C loss "
                         f"(the guard acts on the median of {self.guard.span} steps)", style="dim")
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -742,8 +742,8 @@ class NeuralGSModel(PortableSplatfactoModel):
         scheduler = optimizers.schedulers.get("field")
         if scheduler is not None:  # the schedule continues, scaled
             scheduler.base_lrs = [lr * self.guard.backoff for lr in scheduler.base_lrs]
-        CONSOLE.log(f"stage D step {step}: the training loss rose to {self.guard.last_trigger_ratio:.2f}x the stage C "
-                    f"fit's; restarting from the stage C fit at learning rate {optimizer.param_groups[0]['lr']:.1e}")
+        CONSOLE.log(f"stage D step {step}: {self.guard.last_trigger_reason}; restarting from the stage C fit at "
+                    f"learning rate {optimizer.param_groups[0]['lr']:.1e}")
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])

@@ -1,0 +1,91 @@
+"""What pruning alone costs: the teacher with its least important Gaussians removed (stage A's
+importance over the training views), rendered on the held-out views, at several fractions.
+
+    python benchmarks/bench_pruning.py outputs/lego/splatfacto-portable/<timestamp> --data lego-200
+    python benchmarks/bench_pruning.py scene.ply            # against the teacher's own renders
+
+Nothing is fitted: the pruned teacher is the ceiling every later stage works under (positions
+are frozen after stage B, so fine-tuning cannot bring a pruned Gaussian back). With --data the
+PSNR is against the dataset's held-out images, so the unpruned row is the teacher's own score;
+without it, against the teacher's renders of `TeacherViews`' held-out views. Prints a table;
+--json-out writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from neuralgs_ns.compress.importance import importance_scores, prune_mask
+from neuralgs_ns.compress.pipeline_run import TeacherViews, dataset_views, held_out_mask, psnr, sphere_cameras
+from neuralgs_ns.compress.run import format_rows
+from neuralgs_ns.formats import load_teacher
+from neuralgs_ns.progress import progress_bar
+from neuralgs_ns.utils import atomic_write_bytes
+
+WHITE = torch.ones(1, 3)
+
+
+def render(gaussians, viewmat, K, width, height) -> torch.Tensor:
+    return gaussians.render(viewmat[None], K[None], width, height, backgrounds=WHITE)[0][0].clamp(0, 1)
+
+
+def sphere_views(teacher, config: TeacherViews, held_out: bool) -> List[tuple]:
+    """The training or held-out views `neuralgs compress` renders from a teacher without data;
+    held-out ones with the teacher's render as their image."""
+    cameras = sphere_cameras(teacher, config.n_train + config.n_val, config)
+    size = config.resolution
+    return [(viewmat, K, size, size, render(teacher, viewmat, K, size, size) if held_out else None)
+            for (_, viewmat, K), is_val in zip(cameras, held_out_mask(config)) if is_val == held_out]
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("teacher", type=Path, help="a 3DGS .ply, a splatfacto .ckpt, its run directory or config.yml")
+    parser.add_argument("--data", type=Path, help="the teacher's dataset: importance over its train split, PSNR on val")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    parser.add_argument("--beta", type=float, default=0.1, help="importance's volume exponent (the model's default)")
+    parser.add_argument("--n-train-views", type=int, default=TeacherViews.n_train, help="(no data) importance views")
+    parser.add_argument("--n-val-views", type=int, default=TeacherViews.n_val, help="(no data) held-out views")
+    parser.add_argument("--resolution", type=int, default=TeacherViews.resolution, help="(no data) view size")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    teacher = load_teacher(args.teacher)
+    if args.data is not None:
+        train = [v[:4] for v in dataset_views(args.data, "train")]
+        held_out = dataset_views(args.data, "val")
+    else:
+        config = TeacherViews(n_train=args.n_train_views, n_val=args.n_val_views, resolution=args.resolution)
+        train = [v[:4] for v in sphere_views(teacher, config, held_out=False)]
+        held_out = sphere_views(teacher, config, held_out=True)
+    with progress_bar("importance over training views", len(train)) as advance:
+        scores = importance_scores(teacher, train, beta=args.beta, progress=advance)
+    rows, table = [("pruned", "Gaussians", "PSNR", "vs unpruned")], []
+    with torch.no_grad(), progress_bar("pruned teachers", len(args.fractions)) as advance:
+        for fraction in args.fractions:
+            kept = teacher.subset(prune_mask(scores, fraction))
+            value = sum(psnr(render(kept, vm, K, w, h), image) for vm, K, w, h, image in held_out) / len(held_out)
+            table.append({"fraction": fraction, "gaussians": len(kept), "psnr": value})
+            advance()
+    reference = table[0]["psnr"]
+    rows += [(f"{r['fraction']:.0%}", f"{r['gaussians']:,}", f"{r['psnr']:.2f}", f"{r['psnr'] - reference:+.2f}")
+             for r in table]
+    against = "the dataset's val images" if args.data is not None else "the teacher's renders"
+    print(f"\n{args.teacher}: {len(teacher):,} Gaussians, SH degree {teacher.sh_degree}; held-out PSNR against "
+          f"{against} ({time.perf_counter() - start:.0f} s)\n" + format_rows(rows))
+    out = {"teacher": str(args.teacher), "data": None if args.data is None else str(args.data), "against": against,
+           "beta": args.beta, "rows": table}
+    if args.json_out is not None:
+        atomic_write_bytes(args.json_out, (json.dumps(out, indent=2) + "\n").encode())
+    return out
+
+
+if __name__ == "__main__":
+    main()
