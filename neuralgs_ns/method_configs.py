@@ -95,12 +95,10 @@ def neuralgs_trainer(preset: str = "auto") -> TrainerConfig:
     config.optimizers = {
         # The paper gives no fine-tuning learning rate: 1e-3 decaying 10x suits the fitted
         # tanh MLPs (3e-3 spikes early with 5k-Gaussian clusters, 1e-2 diverges on lego).
-        # No single rate suits every scene (README, "Where the spread comes from"): lego-200
-        # needs steps this large (constant 1e-4: 25.14 dB against 27.10), while on the 50k
-        # .ply, whose stage C fit is already close, 1e-3 raises the training loss by half in
-        # the first 100 steps and ends by seed at 30.39 or 27.75 dB. The model's guard
-        # (`compress.guard`) restarts such runs from the stage C fit at 1e-4 (and the 50k
-        # .ply ends at 30.86 and 30.89 dB); lego keeps this rate (it did not fire at seed 0).
+        # No single rate suits every scene (docs/tuning.md): lego-200 needs steps this large,
+        # while where the stage C fit is already close they can undo it. The model's guard
+        # (`compress.guard`) restarts a run whose loss blows up, or has not come back under
+        # the stage C fit's by step 100, from that fit at a tenth of the rate.
         "field": {
             "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4),
