@@ -21,8 +21,8 @@ optimiser's moments and scales the learning rate by `backoff`) when
 
 A median, not a mean: one view far above its reference (a view whose stage C loss is tiny,
 or one that sees a flaw no other view sees) is no sign the steps are too large, while a moving
-average of the ratios let a single 12x view restart a run that was improving and leave it
-fine-tuning at a hundredth of its rate. A non-finite loss restarts at once.
+average of the ratios let a single view at 55-110x restart a run that was improving and leave
+it fine-tuning at a tenth or a hundredth of its rate. A non-finite loss restarts at once.
 """
 
 from __future__ import annotations
