@@ -15,32 +15,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
-from neuralgs_ns.compress.importance import importance_scores, prune_mask
-from neuralgs_ns.compress.pipeline_run import TeacherViews, dataset_views, held_out_mask, psnr, sphere_cameras
-from neuralgs_ns.compress.run import format_rows
-from neuralgs_ns.formats import load_teacher
-from neuralgs_ns.progress import progress_bar
-from neuralgs_ns.utils import atomic_write_bytes
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_neuralgs import mean_psnr  # noqa: E402
+
+from neuralgs_ns.compress.importance import importance_scores, prune_mask  # noqa: E402
+from neuralgs_ns.compress.pipeline_run import TeacherViews, dataset_views, held_out_mask, sphere_cameras  # noqa: E402
+from neuralgs_ns.compress.run import format_rows  # noqa: E402
+from neuralgs_ns.formats import load_teacher  # noqa: E402
+from neuralgs_ns.progress import progress_bar  # noqa: E402
+from neuralgs_ns.utils import atomic_write_bytes  # noqa: E402
 
 WHITE = torch.ones(1, 3)
 
 
-def render(gaussians, viewmat, K, width, height) -> torch.Tensor:
-    return gaussians.render(viewmat[None], K[None], width, height, backgrounds=WHITE)[0][0].clamp(0, 1)
-
-
-def sphere_views(teacher, config: TeacherViews, held_out: bool) -> List[tuple]:
+def teacher_sphere_views(teacher, config: TeacherViews, held_out: bool) -> List[tuple]:
     """The training or held-out views `neuralgs compress` renders from a teacher without data;
-    held-out ones with the teacher's render as their image."""
+    held-out ones with the teacher's render (on white) as their image."""
     cameras = sphere_cameras(teacher, config.n_train + config.n_val, config)
     size = config.resolution
-    return [(viewmat, K, size, size, render(teacher, viewmat, K, size, size) if held_out else None)
+
+    def render(viewmat, K) -> torch.Tensor:
+        return teacher.render(viewmat[None], K[None], size, size, backgrounds=WHITE)[0][0].clamp(0, 1)
+
+    return [(viewmat, K, size, size, render(viewmat, K) if held_out else None)
             for (_, viewmat, K), is_val in zip(cameras, held_out_mask(config)) if is_val == held_out]
 
 
@@ -63,15 +67,15 @@ def main(argv: Optional[List[str]] = None) -> dict:
         held_out = dataset_views(args.data, "val")
     else:
         config = TeacherViews(n_train=args.n_train_views, n_val=args.n_val_views, resolution=args.resolution)
-        train = [v[:4] for v in sphere_views(teacher, config, held_out=False)]
-        held_out = sphere_views(teacher, config, held_out=True)
+        train = [v[:4] for v in teacher_sphere_views(teacher, config, held_out=False)]
+        held_out = teacher_sphere_views(teacher, config, held_out=True)
     with progress_bar("importance over training views", len(train)) as advance:
         scores = importance_scores(teacher, train, beta=args.beta, progress=advance)
     rows, table = [("pruned", "Gaussians", "PSNR", "vs unpruned")], []
-    with torch.no_grad(), progress_bar("pruned teachers", len(args.fractions)) as advance:
+    with progress_bar("pruned teachers", len(args.fractions)) as advance:
         for fraction in args.fractions:
             kept = teacher.subset(prune_mask(scores, fraction))
-            value = sum(psnr(render(kept, vm, K, w, h), image) for vm, K, w, h, image in held_out) / len(held_out)
+            value = mean_psnr(kept, held_out, "cpu")
             table.append({"fraction": fraction, "gaussians": len(kept), "psnr": value})
             advance()
     reference = table[0]["psnr"]

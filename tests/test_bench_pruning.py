@@ -41,7 +41,7 @@ def test_held_out_views_are_those_compress_renders(bench_pruning, tmp_path):
     # An independent path to the same images: the dataset `neuralgs compress` writes without data.
     teacher = random_teacher(n=500)
     render_teacher_dataset(teacher, tmp_path, VIEWS, "cpu")
-    held_out = bench_pruning.sphere_views(teacher, VIEWS, held_out=True)
+    held_out = bench_pruning.teacher_sphere_views(teacher, VIEWS, held_out=True)
     assert len(held_out) == VIEWS.n_val
     for i, (_, _, _, _, image) in enumerate(held_out):
         rgba = np.asarray(Image.open(tmp_path / "val" / f"r_{i}.png")).astype(np.float32) / 255

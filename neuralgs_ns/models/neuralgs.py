@@ -191,8 +191,7 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     fine_tune_guard: bool = True
     """Restart stage D from the stage C fit at a 10x smaller learning rate (at most twice) when
     its first steps double the training loss or leave it above the fit's after 100 steps
-    (`compress.guard`). Costs one render
-    of each training view after stage C."""
+    (`compress.guard`). Costs one render of each training view after stage C."""
     frame_check_views: int = 4
     """Training views the teacher is rendered at to check it sits in the dataset's frame."""
     frame_check_margin_db: float = 2.0
