@@ -17,6 +17,7 @@ from neuralgs_ns.compress.field import (
     FieldConfig,
     _importance_sampler,
     cluster_bounds,
+    fast_tanh,
     fit_field,
     positional_encoding,
     weighted_mse,
@@ -272,3 +273,12 @@ def test_state_dict_round_trip_reproduces_decode():
 def test_cluster_bounds_rejects_bad_labels():
     with pytest.raises(ValueError):
         cluster_bounds(torch.zeros(2, 3), torch.tensor([0, 5]), n_clusters=3)
+
+
+def test_fast_tanh_matches_tanh_and_its_gradient():
+    x = torch.linspace(-12, 12, 2001, dtype=torch.float64)
+    torch.testing.assert_close(fast_tanh(x.float()).double(), torch.tanh(x), atol=3e-7, rtol=0)
+    leaf = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fast_tanh, (leaf,))
+    (grad,) = torch.autograd.grad(fast_tanh(leaf).sum(), leaf)
+    torch.testing.assert_close(grad, 1 - torch.tanh(leaf.detach()) ** 2)

@@ -25,7 +25,31 @@ from torch import Tensor, nn
 
 from neuralgs_ns.codec.quantize import round_to_float16, round_to_int8
 
-_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "silu": nn.functional.silu}
+
+
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) computed as 2 sigmoid(2x) - 1 (equal to float32 rounding). On CPU torch's tanh
+    kernel is about 3.5x slower than its sigmoid, and the hidden activations are a fifth of a
+    stage D step (benchmarks/bench_field.py); the backward is tanh's own, 1 - y^2."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y = torch.sigmoid(2 * x).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def fast_tanh(x: Tensor) -> Tensor:
+    """tanh, through `_SigmoidTanh` on CPU (torch's own kernel elsewhere)."""
+    return torch.tanh(x) if x.is_cuda else _SigmoidTanh.apply(x)
+
+
+_ACTIVATIONS = {"tanh": fast_tanh, "relu": torch.relu, "silu": nn.functional.silu}
 
 
 @dataclasses.dataclass
@@ -212,8 +236,11 @@ class ClusteredMLPField(nn.Module):
         starts = torch.cumsum(counts, 0) - counts
         counts_list = counts.tolist()
 
-        rows, values = [], []
-        m0 = 0
+        # Each point's row in the concatenated (padded) block outputs: one gather at the end
+        # instead of a masked copy per block, which autograd would undo with a scatter each.
+        source_row = torch.empty(n, dtype=torch.long, device=positions.device)
+        blocks: List[Tensor] = []
+        m0 = offset = 0
         while True:
             active = [k for k, c in enumerate(counts_list) if c > m0]
             if not active:
@@ -225,13 +252,12 @@ class ClusteredMLPField(nn.Module):
             idx = torch.where(valid, starts[clusters, None] + cols[None], starts[clusters, None])
             # All clusters active (the common first block): no weight gather needed.
             out = self._forward(sorted_pos[idx], None if len(active) == self.n_clusters else clusters)
-            rows.append(idx[valid])
-            values.append(out[valid])
+            blocks.append(out.reshape(-1, self.out_dim))
+            rows = offset + torch.arange(idx.numel(), device=positions.device).view_as(idx)
+            source_row[order[idx[valid]]] = rows[valid]
+            offset += idx.numel()
             m0 += m
-        # rows is a permutation of the sorted positions: invert it with one gather (autograd-friendly).
-        inverse = torch.empty(n, dtype=torch.long, device=positions.device)
-        inverse[order[torch.cat(rows)]] = torch.arange(n, device=positions.device)
-        return torch.cat(values)[inverse]
+        return torch.cat(blocks)[source_row]
 
 
 def _importance_sampler(labels: Tensor, weights: Tensor, n_clusters: int, importance_sampling: bool):
