@@ -7,7 +7,9 @@ importance over the training views), rendered on the held-out views, at several 
 Nothing is fitted: the pruned teacher is the ceiling every later stage works under (positions
 are frozen after stage B, so fine-tuning cannot bring a pruned Gaussian back). With --data the
 PSNR is against the dataset's held-out images, so the unpruned row is the teacher's own score;
-without it, against the teacher's renders of `TeacherViews`' held-out views. Prints a table;
+without it, against the teacher's renders of `TeacherViews`' held-out views. The last column is
+what the compressor itself can see: the pruned teacher against the full teacher's renders of 8
+training views (the views `neuralgs compress` checks its per-scene choices on). Prints a table;
 --json-out writes it.
 """
 
@@ -26,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_neuralgs import mean_psnr  # noqa: E402
 
 from neuralgs_ns.compress.importance import importance_scores, prune_mask  # noqa: E402
-from neuralgs_ns.compress.pipeline_run import TeacherViews, dataset_views, held_out_mask, sphere_cameras  # noqa: E402
+from neuralgs_ns.compress.pipeline_run import (TeacherViews, dataset_views, frame_check_indices,  # noqa: E402
+                                               held_out_mask, sphere_cameras)
+from neuralgs_ns.compress.rate import mean_psnr_against, render_views  # noqa: E402
 from neuralgs_ns.compress.run import format_rows  # noqa: E402
 from neuralgs_ns.formats import load_teacher  # noqa: E402
 from neuralgs_ns.progress import progress_bar  # noqa: E402
@@ -71,16 +75,19 @@ def main(argv: Optional[List[str]] = None) -> dict:
         held_out = teacher_sphere_views(teacher, config, held_out=True)
     with progress_bar("importance over training views", len(train)) as advance:
         scores = importance_scores(teacher, train, beta=args.beta, progress=advance)
-    rows, table = [("pruned", "Gaussians", "PSNR", "vs unpruned")], []
+    checked = [train[i] for i in frame_check_indices(len(train), 8)]
+    exact = render_views(teacher, checked)
+    rows, table = [("pruned", "Gaussians", "PSNR", "vs unpruned", "train views vs teacher")], []
     with progress_bar("pruned teachers", len(args.fractions)) as advance:
         for fraction in args.fractions:
             kept = teacher.subset(prune_mask(scores, fraction))
             value = mean_psnr(kept, held_out, "cpu")
-            table.append({"fraction": fraction, "gaussians": len(kept), "psnr": value})
+            seen = mean_psnr_against(kept, checked, exact) if len(kept) < len(teacher) else None
+            table.append({"fraction": fraction, "gaussians": len(kept), "psnr": value, "train_psnr_vs_teacher": seen})
             advance()
     reference = table[0]["psnr"]
-    rows += [(f"{r['fraction']:.0%}", f"{r['gaussians']:,}", f"{r['psnr']:.2f}", f"{r['psnr'] - reference:+.2f}")
-             for r in table]
+    rows += [(f"{r['fraction']:.0%}", f"{r['gaussians']:,}", f"{r['psnr']:.2f}", f"{r['psnr'] - reference:+.2f}",
+              "lossless" if r["train_psnr_vs_teacher"] is None else f"{r['train_psnr_vs_teacher']:.2f}") for r in table]
     against = "the dataset's val images" if args.data is not None else "the teacher's renders"
     print(f"\n{args.teacher}: {len(teacher):,} Gaussians, SH degree {teacher.sh_degree}; held-out PSNR against "
           f"{against} ({time.perf_counter() - start:.0f} s)\n" + format_rows(rows))

@@ -35,6 +35,9 @@ def test_rows_count_the_kept_gaussians_and_pruning_costs_psnr(bench_pruning, tmp
     assert [r["gaussians"] for r in rows] == [2000, 1000, 100]
     assert rows[0]["psnr"] > 90  # unpruned: the teacher against its own renders
     assert rows[0]["psnr"] > rows[1]["psnr"] > rows[2]["psnr"]
+    # What the compressor sees on training views falls with pruning too; nothing pruned is lossless.
+    assert rows[0]["train_psnr_vs_teacher"] is None
+    assert rows[1]["train_psnr_vs_teacher"] > rows[2]["train_psnr_vs_teacher"]
 
 
 def test_held_out_views_are_those_compress_renders(bench_pruning, tmp_path):

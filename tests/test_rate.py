@@ -2,6 +2,7 @@
 teacher's renders, the MLP width against the bytes the codec really writes, stage D's length,
 and the plan that meets a target size."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,11 +10,12 @@ import torch
 
 from neuralgs_ns.codec import weights as weight_coder
 from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig
+from neuralgs_ns.compress.importance import importance_scores
 from neuralgs_ns.compress.pipeline_run import TeacherViews, sphere_cameras
 from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION, MIN_AUTO_POSITION_BITS,
                                        POSITION_BITS_ESTIMATE, SIZE_MARGIN, FieldPlan, capped_mlp_width,
-                                       choose_position_bits, corrections_to_drop, default_target_bytes,
-                                       fine_tune_steps,
+                                       choose_position_bits, choose_prune_fraction, corrections_to_drop,
+                                       default_target_bytes, fine_tune_steps,
                                        mlp_bytes_per_cluster, parse_size, plan_for_size, prune_fraction_for_size,
                                        residual_bytes, residual_step_for_budget)
 from neuralgs_ns.gaussians import Gaussians
@@ -52,6 +54,29 @@ def test_an_unreachable_bar_gives_the_finest_grid():
     scene = blob_scene(math.log(0.004))
     bits, measured = choose_position_bits(scene, views_of(scene, n=2), 500.0)
     assert bits == 16 and min(measured) == MIN_AUTO_POSITION_BITS
+
+
+def with_faint_gaussians(scene: Gaussians, n: int, seed=1) -> Gaussians:
+    """`scene` plus n Gaussians inside it too faint (opacity 1e-5) for any render to show."""
+    g = torch.Generator().manual_seed(seed)
+    faint = Gaussians(torch.randn(n, 3, generator=g) * 0.3, torch.full((n, 3), math.log(0.02)),
+                      torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.full((n, 1), -11.5),
+                      torch.rand(n, 3, generator=g), torch.zeros(n, 0, 3))
+    return Gaussians(*(torch.cat([getattr(scene, f.name), getattr(faint, f.name)]) for f in dataclasses.fields(scene)))
+
+
+def test_pruning_is_kept_where_the_views_do_not_see_it_and_backed_off_where_they_do():
+    visible = blob_scene(math.log(0.05))
+    padded = with_faint_gaussians(visible, 300)  # 700 Gaussians: the 40% pruned are all faint
+    views = views_of(visible)
+    fraction, measured = choose_prune_fraction(padded, importance_scores(padded, views), views, 0.4, 40.0)
+    assert fraction == 0.4 and measured[0.4] >= 40.0
+
+    fraction, measured = choose_prune_fraction(visible, importance_scores(visible, views), views, 0.4, 40.0)
+    assert fraction < 0.4 and measured[fraction] >= 40.0
+    # Every stronger pruning it tried fell short, and stronger pruning shows more.
+    assert all(psnr < 40.0 for f, psnr in measured.items() if f > fraction)
+    assert list(measured.values()) == sorted(measured.values())
 
 
 @pytest.mark.parametrize("precision", ["int8", "float16"])

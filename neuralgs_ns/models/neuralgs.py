@@ -36,10 +36,11 @@ from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_g
 from neuralgs_ns.compress.guard import FineTuneGuard
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
-from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan, capped_mlp_width,
-                                       choose_position_bits, choose_residual_step, default_target_bytes,
-                                       mlp_bytes_per_cluster, plan_for_size, prune_fraction_for_size,
-                                       residual_step_for_budget, smallest_size, target_size_bytes)
+from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, PRUNE_PSNR_DB, SNAP_PSNR_DB, FieldPlan,
+                                       capped_mlp_width, choose_position_bits, choose_prune_fraction,
+                                       choose_residual_step, default_target_bytes, mlp_bytes_per_cluster, plan_for_size,
+                                       prune_fraction_for_size, residual_step_for_budget, smallest_size,
+                                       target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.formats import load_teacher
 from neuralgs_ns.gaussians import SH_C0, Gaussians
@@ -61,7 +62,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, target_cluster_size=20000,
                      min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000,
                      max_mlp_bits_per_gaussian=math.inf, residual_attributes=(), residual_step=None,
-                     size_rule=False),
+                     size_rule=False, prune_psnr_db=0.0),
     # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
     # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
@@ -75,7 +76,8 @@ PRESETS: Dict[str, Dict[str, float]] = {
     # 194 KB and 30.68 dB with 11-bit positions and 3000 steps, against 280 KB and 30.86 dB.
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
                 fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
-                max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None, size_rule=True),
+                max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None, size_rule=True,
+                prune_psnr_db=PRUNE_PSNR_DB),
 }
 
 
@@ -111,7 +113,13 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     importance_beta: float = 0.1
     """Exponent of the normalised volume in the importance score (LightGaussian's 0.1)."""
     prune_fraction: float = 0.4
-    """Fraction of the least important Gaussians removed before fitting (paper: 0.4)."""
+    """Fraction of the least important Gaussians removed before fitting (paper: 0.4); with
+    prune_psnr_db above 0, the most that is removed."""
+    prune_psnr_db: Optional[float] = None
+    """Prune less than prune_fraction where it shows: the largest fraction (in steps of 5%)
+    whose pruned teacher renders 8 training views at this PSNR or more against the full
+    teacher's renders (`compress.rate.choose_prune_fraction`). 0: prune_fraction as given; a
+    target size may still prune more. (preset: paper 0, cpu 40.5)"""
     importance_weighting: bool = True
     """Weight the MLP fitting loss by importance (Eq. 3). Off: the ablation with plain MSE."""
     clustering: bool = True
@@ -304,15 +312,16 @@ class NeuralGSModel(PortableSplatfactoModel):
             target = self.target_bytes()
 
         with timer.stage("Stage A: importance"):
-            with progress_bar("importance over training views", len(views)) as advance:
-                all_scores = importance_scores(teacher, views, beta=cfg.importance_beta, progress=advance)
-            fraction = cfg.prune_fraction if target is None else prune_fraction_for_size(
-                target, len(teacher), cfg.prune_fraction)
-
-        with timer.stage("Stage B: clustering"):
             from neuralgs_ns.compress.pipeline_run import frame_check_indices
 
+            with progress_bar("importance over training views", len(views)) as advance:
+                all_scores = importance_scores(teacher, views, beta=cfg.importance_beta, progress=advance)
             checked = [views[i] for i in frame_check_indices(len(views), 8)]
+            fraction = self._prune_fraction(teacher, all_scores, checked)
+            if target is not None:
+                fraction = prune_fraction_for_size(target, len(teacher), fraction)
+
+        with timer.stage("Stage B: clustering"):
             while True:  # with a target size: prune more until the positions fit
                 keep = prune_mask(all_scores, fraction)
                 kept, scores = teacher.subset(keep), all_scores[keep]
@@ -380,6 +389,19 @@ class NeuralGSModel(PortableSplatfactoModel):
             with timer.stage("Stage C: loss per view"):
                 self._arm_guard(datamanager)
         self.stage_seconds.update(timer.seconds)
+
+    def _prune_fraction(self, teacher: Gaussians, scores: Tensor, views) -> float:
+        """prune_fraction, or with prune_psnr_db the largest fraction up to it that `views`
+        (training views) barely notice."""
+        cfg = self.config
+        min_psnr_db = cfg.preset_value("prune_psnr_db", str(self.device))
+        if min_psnr_db <= 0 or cfg.prune_fraction <= 0:
+            return cfg.prune_fraction
+        fraction, measured = choose_prune_fraction(teacher, scores, views, cfg.prune_fraction, min_psnr_db)
+        tried = ", ".join(f"{f:.0%}: {db:.1f} dB" for f, db in measured.items())
+        CONSOLE.log(f"pruning {fraction:.0%}: the pruned teacher against its exact renders of {len(views)} training "
+                    f"views: {tried} (at least {min_psnr_db:g} dB wanted)")
+        return fraction
 
     def target_bytes(self) -> Optional[int]:
         """The size the file aims at in bytes: the user's, else the default rule's, else None."""
