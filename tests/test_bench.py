@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from importlib.util import find_spec
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,15 @@ METHODS = ["ply", "ply-fp16", "spz", "spz-gsply", "prune-40", "prune-66", "prune
 FAILING = "prune-66"  # its encoder is replaced by one that raises
 TINY_VIEWS = ["--views.n-train", "4", "--views.n-val", "2", "--views.resolution", "32"]
 TINY_NEURALGS = ["--neuralgs-fit-iterations", "10", "--neuralgs-fine-tune-iterations", "3", "--device", "cpu"]
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the folder is not a package)."""
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = spec_from_file_location(name, path)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_teacher(n=N, degree=1, seed=0) -> Gaussians:

@@ -1,25 +1,19 @@
 """benchmarks/bench_neuralgs.py's per-view accounting: views the teacher itself breaks are
 reported apart, and the per-view PSNRs are what the mean is made of."""
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
 
 from neuralgs_ns.compress.pipeline_run import sphere_cameras
-from test_bench import random_teacher
+from test_bench import load_benchmark, random_teacher
 from test_bench_pruning import VIEWS
 
 
 @pytest.fixture(scope="module")
 def bench_neuralgs():
-    path = Path(__file__).parent.parent / "benchmarks" / "bench_neuralgs.py"
-    spec = importlib.util.spec_from_file_location("bench_neuralgs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_neuralgs")
 
 
 def test_views_the_teacher_breaks_are_set_apart(bench_neuralgs):

@@ -1,8 +1,6 @@
 """benchmarks/bench_pruning.py: the pruned teacher's held-out PSNR, on a made-up .ply."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,18 +9,14 @@ from PIL import Image
 
 from neuralgs_ns.compress.pipeline_run import TeacherViews, render_teacher_dataset
 from neuralgs_ns.formats import write_ply
-from test_bench import random_teacher
+from test_bench import load_benchmark, random_teacher
 
 VIEWS = TeacherViews(n_train=6, n_val=3, resolution=48)
 
 
 @pytest.fixture(scope="module")
 def bench_pruning():
-    path = Path(__file__).parent.parent / "benchmarks" / "bench_pruning.py"
-    spec = importlib.util.spec_from_file_location("bench_pruning", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_pruning")
 
 
 def test_rows_count_the_kept_gaussians_and_pruning_costs_psnr(bench_pruning, tmp_path):
