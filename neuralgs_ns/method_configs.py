@@ -18,12 +18,11 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.base_model import ModelConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from neuralgs_ns.models.neuralgs import PRESETS, NeuralGSModelConfig, resolve_preset
 from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModelConfig
-from neuralgs_ns.pipeline import NeuralGSPipelineConfig, NeuralGSTrainerConfig
+from neuralgs_ns.pipeline import NeuralGSPipelineConfig, NeuralGSTrainerConfig, PortableSplatfactoPipelineConfig
 
 
 def _splatfacto_optimizers() -> dict:
@@ -65,7 +64,7 @@ def _splatfacto_trainer(method_name: str, model: ModelConfig, trainer: Type[Trai
         max_num_iterations=30000,
         mixed_precision=False,
         machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
-        pipeline=VanillaPipelineConfig(
+        pipeline=PortableSplatfactoPipelineConfig(
             datamanager=FullImageDatamanagerConfig(
                 dataparser=NerfstudioDataParserConfig(load_3D_points=True),
                 cache_images_type="uint8",

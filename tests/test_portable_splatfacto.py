@@ -405,3 +405,25 @@ def test_methods_are_registered_with_nerfstudio():
         name = spec.config.method_name
         assert name in all_methods and all_descriptions[name] == spec.description
     assert splatfacto_portable.config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_painted_background_warning_names_the_fix():
+    from neuralgs_ns.pipeline import painted_background_warning
+
+    assert "--pipeline.model.background-color white" in painted_background_warning(torch.ones(3), "random")
+    assert "--pipeline.model.background-color black" in painted_background_warning(torch.zeros(3), "random")
+    assert painted_background_warning(torch.ones(3), "white") is None  # trains on the images' own background
+    assert painted_background_warning(None, "random") is None  # opaque captures, or RGBA kept
+
+
+@pytest.mark.parametrize("background", ["random", "white"])
+def test_training_on_composited_images_with_a_random_background_warns(tmp_path, background):
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    config = portable_trainer_config(tmp_path, write_blender_scene(tmp_path / "scene"), "cpu", 1, "warn")
+    config.pipeline.model = _test_model_config(background_color=background)
+    with CONSOLE.capture() as captured:
+        pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    assert pipeline.datamanager.train_dataparser_outputs.alpha_color is not None  # blender-data composites
+    text = " ".join(captured.get().split())  # rich wraps long lines
+    assert ("Warning: the training images come composited on white" in text) == (background == "random")
