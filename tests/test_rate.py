@@ -165,6 +165,19 @@ def test_the_default_size_rule_applies_where_the_user_named_no_size(n, preset, t
     assert chosen == (default_target_bytes(n, attribute_count(3)) if expected == "rule" else None)
 
 
+@pytest.mark.parametrize("prune_psnr_db, expected", [(None, 0.4), (0.0, 0.4), (40.0, 0.25)])
+def test_the_model_prunes_per_scene_only_when_asked(prune_psnr_db, expected):
+    """Both presets prune the paper's 40%; --pipeline.model.prune-psnr-db backs off from it."""
+    from types import SimpleNamespace
+
+    from neuralgs_ns.models.neuralgs import NeuralGSModel, NeuralGSModelConfig
+
+    visible = blob_scene(math.log(0.05))  # 0.25 is where it reaches 40 dB (the test above)
+    views = views_of(visible)
+    model = SimpleNamespace(config=NeuralGSModelConfig(preset="cpu", prune_psnr_db=prune_psnr_db), device="cpu")
+    assert NeuralGSModel._prune_fraction(model, visible, importance_scores(visible, views), views) == expected
+
+
 def clustered_points(n=3000, k=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     positions = torch.rand(n, 3, generator=g) * 4

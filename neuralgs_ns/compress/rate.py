@@ -59,18 +59,12 @@ def choose_position_bits(teacher: Gaussians, views: Sequence[Tuple], min_psnr_db
     return MAX_POSITION_BITS, measured
 
 
-PRUNE_PSNR_DB = SNAP_PSNR_DB
-"""Default of the cpu preset's `choose_prune_fraction`: the same bar as the position grid's,
-since both only remove what the training views barely see. Measured (bench_pruning.py, 8
-training views against the full teacher): lego-200 renders at 40.8 dB pruned 40% and its
-held-out views gain 0.9 dB (floaters); the demo teacher at 45.4 dB pruned 30% and 39.4 dB
-pruned 40%, where its held-out views lose 0.23 dB (30%: nothing)."""
 PRUNE_STEP = 0.05
 
 
 @torch.no_grad()
 def choose_prune_fraction(teacher: Gaussians, scores: Tensor, views: Sequence[Tuple], max_fraction: float,
-                          min_psnr_db: float = PRUNE_PSNR_DB) -> Tuple[float, Dict[float, float]]:
+                          min_psnr_db: float) -> Tuple[float, Dict[float, float]]:
     """(the largest fraction, from `max_fraction` down in steps of PRUNE_STEP, whose pruned
     teacher (`importance.prune_mask` of `scores` [N]) renders at `min_psnr_db` or more against
     the full teacher's renders (mean PSNR over `views`), 0 if none; the PSNR at each fraction

@@ -36,7 +36,7 @@ from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_g
 from neuralgs_ns.compress.guard import FineTuneGuard
 from neuralgs_ns.compress.importance import importance_scores, prune_mask
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
-from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, PRUNE_PSNR_DB, SNAP_PSNR_DB, FieldPlan,
+from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan,
                                        capped_mlp_width, choose_position_bits, choose_prune_fraction,
                                        choose_residual_step, default_target_bytes, mlp_bytes_per_cluster, plan_for_size,
                                        prune_fraction_for_size, residual_step_for_budget, smallest_size,
@@ -77,7 +77,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
                 fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
                 max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None, size_rule=True,
-                prune_psnr_db=PRUNE_PSNR_DB),
+                prune_psnr_db=0.0),
 }
 
 
@@ -116,10 +116,11 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """Fraction of the least important Gaussians removed before fitting (paper: 0.4); with
     prune_psnr_db above 0, the most that is removed."""
     prune_psnr_db: Optional[float] = None
-    """Prune less than prune_fraction where it shows: the largest fraction (in steps of 5%)
-    whose pruned teacher renders 8 training views at this PSNR or more against the full
-    teacher's renders (`compress.rate.choose_prune_fraction`). 0: prune_fraction as given; a
-    target size may still prune more. (preset: paper 0, cpu 40.5)"""
+    """Above 0: prune less than prune_fraction where it shows, to the largest fraction (in steps
+    of 5%) whose pruned teacher renders 8 training views at this PSNR or more against the full
+    teacher's renders (`compress.rate.choose_prune_fraction`; 40.5 is the position grid's bar).
+    A target size may still prune more. (preset: 0 in both: at the default size, 35% instead of
+    40% on the demo scene cost 0.07 dB, docs/tuning.md)"""
     importance_weighting: bool = True
     """Weight the MLP fitting loss by importance (Eq. 3). Off: the ablation with plain MSE."""
     clustering: bool = True
@@ -167,8 +168,8 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     the corrections are chosen to fit (`compress.rate`). None: size_rule decides."""
     size_rule: Optional[bool] = None
     """Without target_size: aim the file at the default size rule's
-    (`compress.rate.default_target_bytes`: 11 bits per teacher Gaussian plus 0.45 per attribute,
-    16 bits at SH degree 0 and 36 at degree 3). Off: the preset's fixed settings, whatever size
+    (`compress.rate.default_target_bytes`: 12.7 bits per teacher Gaussian plus 0.42 per
+    attribute, 17.3 bits at SH degree 0 and 36.2 at degree 3). Off: the preset's fixed settings, whatever size
     they make (preset: paper off, cpu on)."""
     residual_attributes: Optional[Tuple[Literal[AttributeGroup, "auto"], ...]] = None
     """Attribute groups that also get a per-Gaussian correction of the MLP's prediction, stored
