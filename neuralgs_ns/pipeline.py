@@ -29,8 +29,8 @@ def painted_background_warning(alpha_color: Optional[Tensor], background_color: 
     """Why training would paint the background, or None. A dataparser that composites RGBA
     images on `alpha_color` (blender-data: white) hands the model opaque images; against a
     random `background_color` the model can only match their background colour with opaque
-    Gaussians, a shell that blocks the views of cameras the training set lacks (on lego-200,
-    4 of its 20 val views render at 9-15 dB)."""
+    Gaussians, a shell that blocks the views of cameras the training set lacks
+    (docs/results/size-rule.md has lego-200's)."""
     if alpha_color is None or background_color != "random":
         return None
     named = {(1.0, 1.0, 1.0): "white", (0.0, 0.0, 0.0): "black"}.get(tuple(float(c) for c in alpha_color))

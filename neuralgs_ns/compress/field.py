@@ -26,11 +26,11 @@ from torch import Tensor, nn
 from neuralgs_ns.codec.quantize import round_to_float16, round_to_int8
 
 
-
 class _SigmoidTanh(torch.autograd.Function):
-    """tanh(x) computed as 2 sigmoid(2x) - 1 (equal to float32 rounding). On CPU torch's tanh
-    kernel is about 3.5x slower than its sigmoid, and the hidden activations are a fifth of a
-    stage D step (benchmarks/bench_field.py); the backward is tanh's own, 1 - y^2."""
+    """tanh(x) computed as 2 sigmoid(2x) - 1 (equal to float32 rounding), because on CPU
+    torch's tanh kernel is several times slower than its sigmoid and the hidden activations are
+    a large share of a stage D step (benchmarks/bench_field.py). The backward is tanh's own,
+    1 - y^2."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:

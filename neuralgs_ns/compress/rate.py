@@ -186,9 +186,9 @@ def default_target_bytes(n_teacher: int, n_attributes: int) -> int:
     """The file size the cpu preset aims for when the user names none: per Gaussian of the
     teacher, DEFAULT_BITS_PER_GAUSSIAN plus DEFAULT_BITS_PER_ATTRIBUTE for each of its
     `n_attributes` (`clustering.attribute_count`). SH degree 0 (11 attributes) gets 17.3 bits,
-    25.9x a float .ply without normals; SH degree 3 (56) gets 36.2 bits, 52x. A rate per Gaussian, not
-    per byte of the teacher's file, so a teacher stored with normals, as a checkpoint or in
-    half precision gets the same file."""
+    25.9x a float .ply without normals; SH degree 3 (56) gets 36.2 bits, 52x. A rate per
+    Gaussian, not per byte of the teacher's file, so a teacher stored with normals, as a
+    checkpoint or in half precision gets the same file."""
     bits = DEFAULT_BITS_PER_GAUSSIAN + DEFAULT_BITS_PER_ATTRIBUTE * n_attributes
     return int(math.ceil(n_teacher * bits / 8))
 

@@ -119,8 +119,7 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """Above 0: prune less than prune_fraction where it shows, to the largest fraction (in steps
     of 5%) whose pruned teacher renders 8 training views at this PSNR or more against the full
     teacher's renders (`compress.rate.choose_prune_fraction`; 40.5 is the position grid's bar).
-    A target size may still prune more. (preset: 0 in both: at the default size, 35% instead of
-    40% on the demo scene cost 0.07 dB, docs/tuning.md)"""
+    A target size may still prune more. (preset: 0 in both; measured in docs/tuning.md)"""
     importance_weighting: bool = True
     """Weight the MLP fitting loss by importance (Eq. 3). Off: the ablation with plain MSE."""
     clustering: bool = True
@@ -169,8 +168,8 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     size_rule: Optional[bool] = None
     """Without target_size: aim the file at the default size rule's
     (`compress.rate.default_target_bytes`: 12.7 bits per teacher Gaussian plus 0.42 per
-    attribute, 17.3 bits at SH degree 0 and 36.2 at degree 3). Off: the preset's fixed settings, whatever size
-    they make (preset: paper off, cpu on)."""
+    attribute, 17.3 bits at SH degree 0 and 36.2 at degree 3). Off: the preset's fixed
+    settings, whatever size they make (preset: paper off, cpu on)."""
     residual_attributes: Optional[Tuple[Literal[AttributeGroup, "auto"], ...]] = None
     """Attribute groups that also get a per-Gaussian correction of the MLP's prediction, stored
     entropy coded as integer multiples of residual_step (`codec.residuals`) and trained in
