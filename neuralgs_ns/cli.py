@@ -97,8 +97,8 @@ class Compress:
     target_size: Optional[str] = None
     """Size of the file to write: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
     is at most this and at least 90% of it; too small a size is refused up front with the
-    smallest possible. Default (cpu preset): 12.7 bits per teacher Gaussian plus 0.42 per
-    attribute, 36.2 at SH degree 3 and 17.3 at degree 0 (`compress.rate.default_target_bytes`);
+    smallest possible. Default (cpu preset): 11 bits per teacher Gaussian plus 0.45 per
+    attribute, 36.2 at SH degree 3 and 16 at degree 0 (`compress.rate.default_target_bytes`);
     the paper preset keeps its fixed settings."""
     verbose: bool = False
     """Show nerfstudio's step table while fine-tuning instead of a progress bar."""

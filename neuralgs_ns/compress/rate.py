@@ -174,8 +174,8 @@ ATTRIBUTE_BITS_FLOOR = 20.0
 describe each Gaussian more coarsely."""
 
 
-DEFAULT_BITS_PER_GAUSSIAN = 12.7
-DEFAULT_BITS_PER_ATTRIBUTE = 0.42
+DEFAULT_BITS_PER_GAUSSIAN = 11.0
+DEFAULT_BITS_PER_ATTRIBUTE = 0.45
 """The default size rule (`default_target_bytes`): a fixed share per teacher Gaussian for its
 position plus a share per attribute it carries. Set so each kind of scene lands just past
 issue 12's ratio bars (50x at SH degree 3, 25x at degree 0) and the rest goes to quality;
@@ -185,8 +185,8 @@ docs/tuning.md#the-default-size-rule has what it gives."""
 def default_target_bytes(n_teacher: int, n_attributes: int) -> int:
     """The file size the cpu preset aims for when the user names none: per Gaussian of the
     teacher, DEFAULT_BITS_PER_GAUSSIAN plus DEFAULT_BITS_PER_ATTRIBUTE for each of its
-    `n_attributes` (`clustering.attribute_count`). SH degree 0 (11 attributes) gets 17.3 bits,
-    25.9x a float .ply without normals; SH degree 3 (56) gets 36.2 bits, 52x. A rate per
+    `n_attributes` (`clustering.attribute_count`). SH degree 0 (11 attributes) gets 16 bits, 28x
+    a float .ply without normals; SH degree 3 (56) gets 36.2 bits, 52x. A rate per
     Gaussian, not per byte of the teacher's file, so a teacher stored with normals, as a
     checkpoint or in half precision gets the same file."""
     bits = DEFAULT_BITS_PER_GAUSSIAN + DEFAULT_BITS_PER_ATTRIBUTE * n_attributes

@@ -167,8 +167,8 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     the corrections are chosen to fit (`compress.rate`). None: size_rule decides."""
     size_rule: Optional[bool] = None
     """Without target_size: aim the file at the default size rule's
-    (`compress.rate.default_target_bytes`: 12.7 bits per teacher Gaussian plus 0.42 per
-    attribute, 17.3 bits at SH degree 0 and 36.2 at degree 3). Off: the preset's fixed
+    (`compress.rate.default_target_bytes`: 11 bits per teacher Gaussian plus 0.45 per
+    attribute, 16 bits at SH degree 0 and 36.2 at degree 3). Off: the preset's fixed
     settings, whatever size they make (preset: paper off, cpu on)."""
     residual_attributes: Optional[Tuple[Literal[AttributeGroup, "auto"], ...]] = None
     """Attribute groups that also get a per-Gaussian correction of the MLP's prediction, stored
