@@ -19,7 +19,6 @@ from typing import Callable, Tuple
 
 import torch
 
-from neuralgs_ns.compress import field as field_module
 from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig, fast_tanh
 
 
@@ -74,7 +73,7 @@ def main() -> None:
 
     print(f"{args.points:,} points, {args.clusters} MLPs of {args.depth} x {args.width}, "
           f"{args.frequencies} frequencies, {args.out_dim} outputs; median of {args.repeats}")
-    for name, activation in (("fast_tanh", field_module.fast_tanh), ("torch.tanh", torch.tanh)):
+    for name, activation in (("fast_tanh", fast_tanh), ("torch.tanh", torch.tanh)):
         forward, backward = time_steps(decode_step(args, activation), args.repeats)
         print(f"{name:>10}: forward {forward:6.0f} ms, backward {backward:6.0f} ms, total {forward + backward:6.0f} ms")
 

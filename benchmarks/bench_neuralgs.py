@@ -94,7 +94,8 @@ def check(ok: bool) -> str:
 
 
 def run_seeds(args, data: Optional[Path], views: Optional[TeacherViews], measure) -> List[dict]:
-    """One compress run per seed; `measure(report)` adds the seed's PSNR (dB) as 'psnr'."""
+    """One compress run per seed; `measure(report)` gives the fields it adds to the seed's run,
+    at least its PSNR (dB) as 'psnr'."""
     runs = []
     options = dict(parse_model_option(o) for o in args.model_option)
     teacher = args.lego_teacher if args.lego_teacher is not None else args.ply
@@ -103,7 +104,7 @@ def run_seeds(args, data: Optional[Path], views: Optional[TeacherViews], measure
         report = compress(teacher, output, data=data, views=views, preset=args.preset, device=args.device,
                           fine_tune_iterations=args.fine_tune_iterations, fit_iterations=args.fit_iterations,
                           run_dir=args.run_dir, target_size=args.target_size, model_options={**options, "seed": seed})
-        runs.append(dict(seed=seed, psnr=measure(report), ratio=report.ratio, bytes=report.compressed_bytes,
+        runs.append(dict(seed=seed, **measure(report), ratio=report.ratio, bytes=report.compressed_bytes,
                          seconds=report.total_seconds, nerfstudio_psnr=report.psnr, ssim=report.ssim,
                          report=report.to_dict()))
         print(f"seed {seed}: {runs[-1]['psnr']:.2f} dB, {report.compressed_bytes:,} B ({report.ratio:.1f}x), "
@@ -130,15 +131,12 @@ def bench_teacher_with_data(args) -> dict:
     val = dataset_views(args.data, args.split)
     teacher_views = view_psnrs(load_teacher(args.lego_teacher), val, device)
     teacher_psnr = statistics.mean(teacher_views)
-    per_view: Dict[str, List[float]] = {}
 
-    def measure(report) -> float:
-        per_view[str(report.output)] = view_psnrs(CompressedScene.load(report.output).decode(), val, device)
-        return statistics.mean(per_view[str(report.output)])
+    def measure(report) -> dict:
+        values = view_psnrs(CompressedScene.load(report.output).decode(), val, device)
+        return dict(psnr=statistics.mean(values), view_psnrs=values)
 
     runs = run_seeds(args, args.data, None, measure)
-    for run in runs:
-        run["view_psnrs"] = per_view[run["report"]["output"]]
     clean = clean_view_summary(teacher_views, runs)
     psnrs = [r["psnr"] for r in runs]
     delta, spread = statistics.mean(psnrs) - teacher_psnr, max(psnrs) - min(psnrs)
@@ -167,7 +165,7 @@ def bench_teacher_with_data(args) -> dict:
 def bench_ply_without_data(args) -> dict:
     """(b): compress a .ply on teacher-rendered views over seeds; PSNR vs teacher renders, ratio, time."""
     views = TeacherViews(n_train=args.n_train_views, n_val=args.n_val_views, resolution=args.resolution)
-    runs = run_seeds(args, None, views, lambda report: report.psnr)
+    runs = run_seeds(args, None, views, lambda report: dict(psnr=report.psnr))
     psnrs = [r["psnr"] for r in runs]
     mean = statistics.mean(psnrs)
     ratio, minutes = min(r["ratio"] for r in runs), max(r["seconds"] for r in runs) / 60

@@ -55,9 +55,11 @@ class PortableSplatfactoPipeline(VanillaPipeline):
                  world_size: int = 1, local_rank: int = 0, grad_scaler: Optional[torch.cuda.amp.GradScaler] = None):
         super().__init__(config, device, test_mode=test_mode, world_size=world_size, local_rank=local_rank,
                          grad_scaler=grad_scaler)
+        if test_mode != "val" or local_rank != 0:
+            return
         message = painted_background_warning(self.datamanager.train_dataparser_outputs.alpha_color,
                                              self.model.config.background_color)
-        if test_mode == "val" and message is not None and local_rank == 0:
+        if message is not None:
             CONSOLE.log(f"[bold yellow]Warning: {message}")
 
 
