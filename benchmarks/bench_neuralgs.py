@@ -49,15 +49,17 @@ def sphere_views(gaussians: Gaussians, n: int, resolution: int = 256) -> List[tu
 
 
 @torch.no_grad()
-def view_psnrs(gaussians: Gaussians, views: List[tuple], device: str) -> List[float]:
-    """PSNR of `gaussians` rendered on white at each of `views` (viewmat, K, w, h, image)."""
+def render_on_white(gaussians: Gaussians, views: List[tuple], device: str) -> List[torch.Tensor]:
+    """`gaussians` rendered on white at each of `views` (viewmat, K, w, h, ...): [h, w, 3] on CPU."""
     gaussians = gaussians.to(device)
     white = torch.ones(1, 3, device=device)
-    values = []
-    for viewmat, K, w, h, gt in views:
-        image = gaussians.render(viewmat[None].to(device), K[None].to(device), w, h, backgrounds=white)[0][0]
-        values.append(psnr(image.clamp(0, 1).cpu(), gt))
-    return values
+    return [gaussians.render(viewmat[None].to(device), K[None].to(device), w, h, backgrounds=white)[0][0]
+            .clamp(0, 1).cpu() for viewmat, K, w, h, *_ in views]
+
+
+def view_psnrs(gaussians: Gaussians, views: List[tuple], device: str) -> List[float]:
+    """PSNR of `gaussians` rendered on white at each of `views` (viewmat, K, w, h, image)."""
+    return [psnr(image, view[4]) for image, view in zip(render_on_white(gaussians, views, device), views)]
 
 
 def mean_psnr(gaussians: Gaussians, views: List[tuple], device: str) -> float:
@@ -129,12 +131,18 @@ def bench_teacher_with_data(args) -> dict:
 
     device = resolve_device(args.device)
     val = dataset_views(args.data, args.split)
-    teacher_views = view_psnrs(load_teacher(args.lego_teacher), val, device)
+    teacher_images = render_on_white(load_teacher(args.lego_teacher), val, device)
+    teacher_views = [psnr(image, view[4]) for image, view in zip(teacher_images, val)]
     teacher_psnr = statistics.mean(teacher_views)
+    # The same cameras with the teacher's renders as the targets: fidelity to the teacher,
+    # which neither the teacher's own errors nor pruning them away can move.
+    as_teacher = [(*view[:4], image) for view, image in zip(val, teacher_images)]
 
     def measure(report) -> dict:
-        values = view_psnrs(CompressedScene.load(report.output).decode(), val, device)
-        return dict(psnr=statistics.mean(values), view_psnrs=values)
+        decoded = CompressedScene.load(report.output).decode()
+        values = view_psnrs(decoded, val, device)
+        return dict(psnr=statistics.mean(values), view_psnrs=values,
+                    psnr_vs_teacher=statistics.mean(view_psnrs(decoded, as_teacher, device)))
 
     runs = run_seeds(args, args.data, None, measure)
     clean = clean_view_summary(teacher_views, runs)
@@ -156,6 +164,9 @@ def bench_teacher_with_data(args) -> dict:
                   f"{' / '.join(f'{v:.2f}' for v in clean['runs'])} (mean {statistics.mean(clean['runs']):.2f} dB, "
                   f"{statistics.mean(clean['runs']) - clean['teacher']:+.2f} dB, spread "
                   f"{max(clean['runs']) - min(clean['runs']):.2f} dB)")
+    fidelity = [r["psnr_vs_teacher"] for r in runs]
+    table += (f"\n\nAgainst the teacher's own renders of the same views (fidelity, whatever the teacher gets "
+              f"wrong): {' / '.join(f'{v:.2f}' for v in fidelity)} dB, mean {statistics.mean(fidelity):.2f} dB")
     return dict(mode="teacher+data", table=table, teacher_psnr=teacher_psnr, teacher_view_psnrs=teacher_views,
                 clean_views=clean, runs=runs, psnr_delta=delta,
                 spread=spread, bars={a: dict(target=b, measured=c, ok=bool(ok)) for a, b, c, ok in bars},

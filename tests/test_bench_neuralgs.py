@@ -40,3 +40,18 @@ def test_mean_psnr_is_the_mean_of_the_views(bench_neuralgs):
     values = bench_neuralgs.view_psnrs(teacher, held_out, "cpu")
     assert len(values) == 3 and len(set(values)) > 1 and all(v < 60 for v in values)
     assert bench_neuralgs.mean_psnr(teacher, held_out, "cpu") == pytest.approx(statistics.mean(values))
+
+
+def test_fidelity_targets_are_the_teachers_own_renders(bench_neuralgs):
+    # The teacher against its own renders is exact (100 dB, psnr's floor on the error); a copy
+    # with dimmer colours is not, and scores the same against renders made again.
+    teacher = random_teacher(n=300)
+    cameras = [(viewmat, K, VIEWS.resolution, VIEWS.resolution) for _, viewmat, K in sphere_cameras(teacher, 2, VIEWS)]
+    renders = bench_neuralgs.render_on_white(teacher, cameras, "cpu")
+    assert len(renders) == 2 and renders[0].shape == (VIEWS.resolution, VIEWS.resolution, 3)
+    as_teacher = [(*camera, image) for camera, image in zip(cameras, renders)]
+    assert bench_neuralgs.view_psnrs(teacher, as_teacher, "cpu") == pytest.approx([100.0, 100.0])
+    dimmer = teacher.subset(torch.arange(len(teacher)))
+    dimmer.features_dc = dimmer.features_dc - 0.3
+    values = bench_neuralgs.view_psnrs(dimmer, as_teacher, "cpu")
+    assert all(10 < v < 60 for v in values)
