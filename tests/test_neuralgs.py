@@ -6,9 +6,11 @@ import io
 
 import pytest
 import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
 from neuralgs_ns.cli import main as neuralgs_cli
 from neuralgs_ns.codec import CompressedScene
+from neuralgs_ns.compress.run import compress
 from neuralgs_ns.formats import read_ply
 from neuralgs_ns.gaussians import PARAM_NAMES
 from neuralgs_ns.models.neuralgs import NeuralGSModel
@@ -214,3 +216,38 @@ def test_auto_corrections_choose_the_group_the_fit_got_wrong(damaged, budget_byt
     chosen = NeuralGSModel._best_correction_group(model, fidelity, predicted, targets, attribute_groups(1),
                                                   budget_bytes, None)
     assert chosen == damaged
+
+
+def test_the_cpu_preset_averages_the_last_tenth_of_the_steps(compressed):
+    # The fixture's run: `neuralgs compress --preset cpu` with 40 fine-tune steps.
+    assert "averaged over the last 4 steps" in " ".join(compressed["log"].split())
+
+
+def test_weight_averaging_keeps_the_mean_of_the_last_steps(trained_run, tmp_path):  # noqa: F811
+    # An independent record of the weights after every step (a callback that runs before the
+    # model's own) against what the run kept: the mean of the last quarter of them.
+    steps = []
+    original = NeuralGSModel.get_training_callbacks
+
+    def recorded(self, attributes):
+        def record(step):
+            steps.append([p.detach().clone() for p in self.field.parameters()])
+        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], record)] + original(self, attributes)
+
+    kept = {}
+
+    def inspect(stage, pipeline):
+        if stage == "stage D":
+            kept["weights"] = [p.detach().clone() for p in pipeline.model.field.parameters()]
+
+    data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(NeuralGSModel, "get_training_callbacks", recorded)
+        compress(trained_run["checkpoint"], tmp_path / "s.ngs", data=data, preset="cpu", device="cpu",
+                 fit_iterations=100, fine_tune_iterations=20, run_dir=tmp_path / "runs", inspect=inspect,
+                 model_options={"average_fraction": 0.25})
+    assert len(steps) == 20
+    last_five = [torch.stack(ws).mean(0) for ws in zip(*steps[-5:])]
+    for mean, weights, last in zip(last_five, kept["weights"], steps[-1]):
+        torch.testing.assert_close(weights, mean, rtol=1e-5, atol=1e-7)
+    assert any(not torch.allclose(w, last) for w, last in zip(kept["weights"], steps[-1]))  # not the last step's
