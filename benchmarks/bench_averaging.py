@@ -74,6 +74,8 @@ def scores_of_means(model, means: RunningMeans, val: List[tuple]) -> Dict[float,
     saved = [t.detach().clone() for t in trained_tensors(model)]
     scores = {}
     for f, values in means.means.items():
+        if values is None:  # a window of no steps (fraction * steps rounds to 0)
+            continue
         for t, v in zip(trained_tensors(model), values):
             t.copy_(v)
         model._field_version += 1  # the decode cache keys on it
@@ -133,7 +135,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     for r in runs:
         base = r["last"]["psnr"]
         rows.append((str(r["seed"]), f"{base:.2f} dB") + tuple(
-            f"{r['averaged'][str(f)]['psnr']:.2f} dB ({r['averaged'][str(f)]['psnr'] - base:+.2f})" for f in args.fractions))
+            f"{r['averaged'][str(f)]['psnr']:.2f} dB ({r['averaged'][str(f)]['psnr'] - base:+.2f})"
+            if str(f) in r["averaged"] else "-" for f in args.fractions))
     table = (f"{args.teacher} on {args.data} ({len(val)} val views), PSNR against the val images\n\n"
              + format_rows(rows))
     print(table)

@@ -44,7 +44,7 @@ def test_mean_psnr_is_the_mean_of_the_views(bench_neuralgs):
 
 def test_fidelity_targets_are_the_teachers_own_renders(bench_neuralgs):
     # The teacher against its own renders is exact (100 dB, psnr's floor on the error); a copy
-    # with dimmer colours is not, and scores the same against renders made again.
+    # with dimmer colours is not.
     teacher = random_teacher(n=300)
     cameras = [(viewmat, K, VIEWS.resolution, VIEWS.resolution) for _, viewmat, K in sphere_cameras(teacher, 2, VIEWS)]
     renders = bench_neuralgs.render_on_white(teacher, cameras, "cpu")
