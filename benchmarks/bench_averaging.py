@@ -28,41 +28,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_neuralgs import parse_model_option, view_psnrs  # noqa: E402
 
 from neuralgs_ns.codec import CompressedScene  # noqa: E402
+from neuralgs_ns.compress.averaging import TrailingMean  # noqa: E402
 from neuralgs_ns.compress.pipeline_run import dataset_views  # noqa: E402
 from neuralgs_ns.compress.run import compress, format_rows  # noqa: E402
 from neuralgs_ns.models.neuralgs import NeuralGSModel  # noqa: E402
 from neuralgs_ns.utils import atomic_write_bytes  # noqa: E402
 
 
-def trained_tensors(model) -> List[torch.Tensor]:
-    return [*model.field.parameters(), model.residuals]
-
-
 class RunningMeans:
-    """Means of the trained tensors over the last `fraction` of the steps, for each fraction."""
+    """A `TrailingMean` of the model's trained tensors for each fraction, read-only beside a run."""
 
     def __init__(self, fractions: List[float]):
         self.fractions = fractions
-        self.means: Dict[float, Optional[List[torch.Tensor]]] = {}
-        self.counts: Dict[float, int] = {}
+        self.windows: Dict[float, TrailingMean] = {}
 
     def callbacks(self, model, trainer) -> List[TrainingCallback]:
         total = trainer.config.max_num_iterations
-        self.means = {f: None for f in self.fractions}
-        self.counts = {f: 0 for f in self.fractions}
+        self.windows = {f: TrailingMean(f, total) for f in self.fractions}
 
         def track(step: int) -> None:
-            last = trainer._start_step + total - 1
-            tensors = [t.detach() for t in trained_tensors(model)]
-            for f in self.fractions:
-                if step < last + 1 - round(f * total):
-                    continue
-                self.counts[f] += 1
-                if self.means[f] is None:
-                    self.means[f] = [t.clone() for t in tensors]
-                else:
-                    for mean, t in zip(self.means[f], tensors):
-                        mean.add_(t - mean, alpha=1.0 / self.counts[f])
+            for window in self.windows.values():
+                window.update(step, trainer._start_step + total - 1, model.trained_tensors())
 
         return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], track)]
 
@@ -71,16 +57,16 @@ class RunningMeans:
 def scores_of_means(model, means: RunningMeans, val: List[tuple]) -> Dict[float, List[float]]:
     """Per-view PSNRs of the model with each running mean in place of its weights (the model
     is left as it was)."""
-    saved = [t.detach().clone() for t in trained_tensors(model)]
+    saved = [t.detach().clone() for t in model.trained_tensors()]
     scores = {}
-    for f, values in means.means.items():
-        if values is None:  # a window of no steps (fraction * steps rounds to 0)
+    for f, window in means.windows.items():
+        if window.mean is None:  # a window of no steps (fraction * steps rounds to 0)
             continue
-        for t, v in zip(trained_tensors(model), values):
+        for t, v in zip(model.trained_tensors(), window.mean):
             t.copy_(v)
         model._field_version += 1  # the decode cache keys on it
         scores[f] = view_psnrs(CompressedScene.from_model(model).decode(), val, "cpu")
-    for t, v in zip(trained_tensors(model), saved):
+    for t, v in zip(model.trained_tensors(), saved):
         t.copy_(v)
     model._field_version += 1
     return scores

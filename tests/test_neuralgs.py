@@ -251,3 +251,14 @@ def test_weight_averaging_keeps_the_mean_of_the_last_steps(trained_run, tmp_path
     for mean, weights, last in zip(last_five, kept["weights"], steps[-1]):
         torch.testing.assert_close(weights, mean, rtol=1e-5, atol=1e-7)
     assert any(not torch.allclose(w, last) for w, last in zip(kept["weights"], steps[-1]))  # not the last step's
+
+
+def test_a_trailing_mean_takes_the_last_steps_of_the_run_however_it_was_resumed():
+    from neuralgs_ns.compress.averaging import TrailingMean
+
+    for start in (0, 100):  # a run resumed at step 100 ends at step 119
+        window = TrailingMean(0.25, total=20)
+        for step in range(start, start + 20):
+            window.update(step, start + 19, [torch.tensor([float(step)])])
+        assert window.count == 5
+        torch.testing.assert_close(window.mean[0], torch.tensor([start + 17.0]))  # mean of the last 5

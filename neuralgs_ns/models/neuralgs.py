@@ -29,6 +29,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from neuralgs_ns.codec.quantize import (dequantize_residuals, quantize_positions, residual_codes,
                                         round_to_residual_steps, snap_positions, storage_order)
+from neuralgs_ns.compress.averaging import TrailingMean
 from neuralgs_ns.compress.clustering import (NormalizationTable, attribute_count, attribute_groups, attribute_matrix,
                                              cluster_count, kmeans_clusters)
 from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_gaussians, decode_normalized,
@@ -285,11 +286,10 @@ class NeuralGSModel(PortableSplatfactoModel):
         # The pruned teacher's normalised attributes in the model's order (stage C's targets),
         # for diagnostics such as benchmarks/bench_attributes.py; not saved in checkpoints.
         self.fit_targets: Optional[Tensor] = None
-        self._averages: Optional[List[Tensor]] = None  # running means of the last steps' weights
+        self._average: Optional[TrailingMean] = None  # of the last steps' trained tensors
         # The default size rule's target (`_default_target_bytes`), set in stage A; None with a
         # user's target size, the paper preset or a resumed run.
         self.default_target: Optional[int] = None
-        self._averaged = 0
 
     # --- stages A-C ----------------------------------------------------------------------
 
@@ -650,6 +650,11 @@ class NeuralGSModel(PortableSplatfactoModel):
         self.camera_optimizer.get_param_groups(param_groups=groups)
         return groups
 
+    def trained_tensors(self) -> List[Tensor]:
+        """What stage D trains and the file stores besides positions: the MLPs' weights and biases
+        and the per-Gaussian corrections."""
+        return [*self.field.parameters(), self.residuals]
+
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         def invalidate_cache(step: int) -> None:
             self._field_version += 1
@@ -668,29 +673,22 @@ class NeuralGSModel(PortableSplatfactoModel):
         def last_step() -> int:
             return (trainer._start_step if trainer is not None else 0) + total - 1
 
+        self._average = TrailingMean(self.config.preset_value("average_fraction", str(self.device)), total)
+
         def average(step: int) -> None:
-            # A running mean of the MLP weights and corrections over the last steps.
-            fraction = self.config.preset_value("average_fraction", str(self.device))
-            if self.field is None or step < last_step() + 1 - round(fraction * total):
-                return
-            params = [*self.field.parameters(), self.residuals]
-            if self._averages is None:
-                self._averages, self._averaged = [p.detach().clone() for p in params], 1
-            else:
-                self._averaged += 1
-                for mean, p in zip(self._averages, params):
-                    mean.add_(p.detach() - mean, alpha=1.0 / self._averaged)
+            if self.field is not None:
+                self._average.update(step, last_step(), self.trained_tensors())
 
         def finish(step: int) -> None:
             # After the last step, before the trainer's final checkpoint: the checkpoint and
             # the file then hold the same scene.
             if step == last_step() and self.field is not None:
-                if self._averages is not None:
+                if self._average.mean is not None:
                     with torch.no_grad():
-                        for mean, p in zip(self._averages, [*self.field.parameters(), self.residuals]):
+                        for mean, p in zip(self._average.mean, self.trained_tensors()):
                             p.copy_(mean)
-                    CONSOLE.log(f"stage D: the MLPs and corrections averaged over the last {self._averaged} steps")
-                    self._averages = None
+                    CONSOLE.log(f"stage D: the MLPs and corrections averaged over the last {self._average.count} steps")
+                    self._average.mean = None
                 self.fit_to_target_size()
                 self._field_version += 1
                 if trainer is not None and is_main_process():
