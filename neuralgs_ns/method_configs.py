@@ -91,16 +91,20 @@ def neuralgs_trainer(preset: str = "auto") -> TrainerConfig:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = _splatfacto_trainer("neuralgs", NeuralGSModelConfig(preset=preset), trainer=NeuralGSTrainerConfig)
     config.pipeline = NeuralGSPipelineConfig(datamanager=config.pipeline.datamanager, model=config.pipeline.model)
+    settings = PRESETS[resolve_preset(preset, device)]
     config.optimizers = {
-        # The paper gives no fine-tuning learning rate: 1e-3 decaying 10x suits the fitted
-        # tanh MLPs (3e-3 spikes early with 5k-Gaussian clusters, 1e-2 diverges on lego).
-        # No single rate suits every scene (docs/tuning.md): lego-200 needs steps this large,
-        # while where the stage C fit is already close they can undo it. The model's guard
-        # (`compress.guard`) restarts a run whose loss blows up, or has not come back under
-        # the stage C fit's by step 100, from that fit at a tenth of the rate.
+        # The paper gives no fine-tuning learning rate: 1e-3 suits the fitted tanh MLPs (3e-3
+        # spikes early with 5k-Gaussian clusters, 1e-2 diverges on lego), decaying to the
+        # preset's final rate: the cpu preset averages its last steps' weights, which gains
+        # most where those steps still move (docs/tuning.md#the-fine-tuning-learning-rate);
+        # the paper preset ends on its last step. No single rate suits every scene:
+        # lego-200 needs steps this large, while where the stage C fit is already close they
+        # can undo it. The model's guard (`compress.guard`) restarts a run whose loss blows
+        # up, or has not come back under the stage C fit's by step 100, from that fit at a
+        # tenth of the rate.
         "field": {
             "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=settings["fine_tune_lr_final"]),
         },
         # The per-Gaussian corrections (--pipeline.model.residual-attributes), in normalised
         # attribute units: about splatfacto's opacity rate (0.05 on logits spanning ~20).
@@ -110,7 +114,7 @@ def neuralgs_trainer(preset: str = "auto") -> TrainerConfig:
         },
         "camera_opt": _splatfacto_optimizers()["camera_opt"],
     }
-    set_fine_tune_iterations(config, PRESETS[resolve_preset(preset, device)]["fine_tune_iterations"])
+    set_fine_tune_iterations(config, settings["fine_tune_iterations"])
     return config
 
 

@@ -407,6 +407,26 @@ def test_methods_are_registered_with_nerfstudio():
     assert splatfacto_portable.config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.mark.parametrize("preset", ["neuralgs", "cpu"])
+def test_stage_d_learning_rate_decays_to_the_presets_final_rate_over_its_steps(preset):
+    from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
+    from neuralgs_ns.models.neuralgs import PRESETS
+
+    config = neuralgs_trainer(preset)
+    set_fine_tune_iterations(config, 40)
+    field = config.optimizers["field"]
+    optimizer = field["optimizer"].setup(params=[torch.nn.Parameter(torch.zeros(1))])
+    scheduler = field["scheduler"].setup().get_scheduler(optimizer=optimizer, lr_init=field["optimizer"].lr)
+    rates = []
+    for _ in range(40):  # as nerfstudio's trainer: an optimizer step, then the scheduler's
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    final = PRESETS[preset]["fine_tune_lr_final"]
+    assert rates[19] == pytest.approx((field["optimizer"].lr * final) ** 0.5, rel=1e-6)  # geometric halfway
+    assert rates[-1] == pytest.approx(final, rel=1e-6)
+
+
 def test_painted_background_warning_names_the_fix():
     from neuralgs_ns.pipeline import painted_background_warning
 

@@ -100,11 +100,12 @@ def test_the_width_cap_keeps_the_widest_mlp_within_the_budget():
     assert capped_mlp_width(128, 300, 12, math.inf, 10, 5, 56, "int8") == 128  # no cap: as given
 
 
-def test_small_scenes_get_up_to_twice_the_fine_tune_steps():
+def test_small_scenes_get_up_to_three_times_the_fine_tune_steps():
     assert fine_tune_steps(1500, 118_363) == 1500
-    assert fine_tune_steps(1500, 60_000) == 1500
-    assert fine_tune_steps(1500, 45_000) == 2000
-    assert fine_tune_steps(1500, 30_000) == fine_tune_steps(1500, 100) == 3000
+    assert fine_tune_steps(1500, 90_000) == 1500
+    assert fine_tune_steps(1500, 60_000) == 2250  # in proportion below 90k
+    assert fine_tune_steps(1500, 45_000) == 3000
+    assert fine_tune_steps(1500, 30_000) == fine_tune_steps(1500, 25_673) == fine_tune_steps(1500, 100) == 4500
 
 
 # --- target sizes ----------------------------------------------------------------------------

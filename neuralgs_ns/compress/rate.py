@@ -33,10 +33,12 @@ threshold, choosing 13 and 11 bits. Trained models moved to those grids lost 0.0
 13 bits, against 16) and 0.078 dB (50k .ply, 11 bits, against 13)."""
 MLP_WIDTH_STEP = 8
 MIN_MLP_WIDTH = 16
-SMALL_SCENE_GAUSSIANS = 60_000
-"""Scenes compressed to fewer Gaussians get proportionally more fine-tune steps, up to twice
-the preset's: a stage D step costs about in proportion to the Gaussians, so a 30k-Gaussian
-scene's 3000 steps take about as long as 750 of lego-200's."""
+SMALL_SCENE_GAUSSIANS = 90_000
+"""Scenes compressed to fewer Gaussians get proportionally more fine-tune steps, up to
+MAX_FINE_TUNE_FACTOR times the preset's: their steps are cheap (a step's cost grows with the
+Gaussians drawn) and small scenes still gain from steps where large ones have stopped
+(docs/tuning.md#per-scene-choices)."""
+MAX_FINE_TUNE_FACTOR = 3
 
 
 @torch.no_grad()
@@ -120,9 +122,9 @@ def capped_mlp_width(width: int, n_gaussians: int, n_clusters: int, max_bits_per
 
 def fine_tune_steps(base_steps: int, n_gaussians: int) -> int:
     """Stage D steps for a scene compressed to `n_gaussians`: `base_steps`, raised in
-    proportion for scenes under SMALL_SCENE_GAUSSIANS, at most doubled."""
+    proportion for scenes under SMALL_SCENE_GAUSSIANS, at most MAX_FINE_TUNE_FACTOR times."""
     scaled = round(base_steps * SMALL_SCENE_GAUSSIANS / max(1, n_gaussians))
-    return max(base_steps, min(2 * base_steps, scaled))
+    return max(base_steps, min(MAX_FINE_TUNE_FACTOR * base_steps, scaled))
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,

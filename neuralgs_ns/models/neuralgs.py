@@ -63,7 +63,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, target_cluster_size=20000,
                      min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000,
                      max_mlp_bits_per_gaussian=math.inf, residual_attributes=(), residual_step=None,
-                     size_rule=False, prune_psnr_db=0.0, average_fraction=0.0),
+                     size_rule=False, prune_psnr_db=0.0, average_fraction=0.0, fine_tune_lr_final=1e-4),
     # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
     # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
@@ -78,7 +78,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
                 fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
                 max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None, size_rule=True,
-                prune_psnr_db=0.0, average_fraction=0.1),
+                prune_psnr_db=0.0, average_fraction=0.1, fine_tune_lr_final=3e-4),
 }
 
 
@@ -775,7 +775,7 @@ class NeuralGSModel(PortableSplatfactoModel):
         if self.training:
             self.camera_optimizer.get_loss_dict(loss_dict)
             if self.guard is not None and torch.is_grad_enabled():
-                self._last_step_loss = (int(batch["image_idx"]), float(terms["total"]))
+                self._last_step_loss = (int(batch["image_idx"]), terms["total"].item())
         return loss_dict
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
