@@ -69,9 +69,10 @@ PRESETS: Dict[str, Dict[str, float]] = {
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
     # reached 25.4 dB after 300 fine-tune steps where 6 reached 23.8 dB, at the same cost per
     # step; on a 50k-Gaussian .ply, 12 clusters reached 30.3 dB where 6 reached 28.3 dB (after
-    # 1500 steps with the fine-tune guard: 30.91 and 29.23 dB). Doubling the 1500 fine-tune
-    # steps gained nothing on either (lego 27.83 -> 27.80 dB, 50k 30.31 -> 30.32 dB, before the
-    # guard). Mini-batches of 1024 Gaussians per cluster while fitting. On small scenes the
+    # 1500 steps with the fine-tune guard: 30.91 and 29.23 dB). Scenes small after pruning get
+    # up to 3x the 1500 fine-tune steps (`compress.rate.fine_tune_steps`), which the final
+    # rate of 3e-4 and the averaging of the last 10% turn into quality (docs/tuning.md).
+    # Mini-batches of 1024 Gaussians per cluster while fitting. On small scenes the
     # MLPs would dominate the file (49 bits per Gaussian on a 30k-Gaussian scene), so their
     # width is capped at 36 bits per Gaussian (`compress.rate`): the 50k .ply gets 4 x 48 MLPs,
     # 194 KB and 30.68 dB with 11-bit positions and 3000 steps, against 280 KB and 30.86 dB.
