@@ -31,8 +31,8 @@ class Demo:
     (the scene is rewritten, runs get new timestamps)."""
     teacher_steps: int = DemoBudget.teacher_steps
     """splatfacto-portable training steps of the teacher."""
-    fit_iterations: int = DemoBudget.fit_iterations
-    """NeuralGS stage C steps (MLP fitting)."""
+    fit_iterations: Optional[int] = DemoBudget.fit_iterations
+    """NeuralGS stage C steps (MLP fitting; default: as `neuralgs compress` chooses)."""
     fine_tune_iterations: Optional[int] = DemoBudget.fine_tune_iterations
     """NeuralGS stage D steps (fine-tuning; default: as `neuralgs compress` chooses)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -53,7 +53,7 @@ class Demo:
 
         if self.train_views < 1 or self.val_views < 1 or self.resolution < 16:
             raise NeuralGSError("need --train-views >= 1, --val-views >= 1 and --resolution >= 16")
-        if min(self.teacher_steps, self.fit_iterations, self.fine_tune_iterations or 1) < 1:
+        if min(self.teacher_steps, self.fit_iterations or 1, self.fine_tune_iterations or 1) < 1:
             raise NeuralGSError("--teacher-steps, --fit-iterations and --fine-tune-iterations must be >= 1")
         budget = DemoBudget(teacher_steps=self.teacher_steps, fit_iterations=self.fit_iterations,
                             fine_tune_iterations=self.fine_tune_iterations, n_train=self.train_views,

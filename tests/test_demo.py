@@ -37,6 +37,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert row[2] in ("KiB", "MiB") and float(row[1]) > 0
         assert row[4] == "dB" and math.isfinite(float(row[3]))
     assert float(ratio[0].rstrip("x")) > 1 and math.isfinite(float(ratio[1]))
+    assert "10 fit + 10 fine-tune steps" in table  # the steps the compress run reports it ran
 
     stages = dict(re.findall(r"^  (\S.*?)\s{2,}([\d.]+) s", table, flags=re.M))
     for stage in ("scene", "teacher training", "teacher eval", "Stage A: importance", "Stage B: clustering",

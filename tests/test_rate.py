@@ -15,10 +15,11 @@ from neuralgs_ns.compress.pipeline_run import TeacherViews, sphere_cameras
 from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION, MIN_AUTO_POSITION_BITS,
                                        POSITION_BITS_ESTIMATE, SIZE_MARGIN, FieldPlan, capped_mlp_width,
                                        choose_position_bits, choose_prune_fraction, corrections_to_drop,
-                                       default_target_bytes, fine_tune_steps,
+                                       default_target_bytes, small_scene_steps,
                                        mlp_bytes_per_cluster, parse_size, plan_for_size, prune_fraction_for_size,
                                        residual_bytes, residual_step_for_budget)
 from neuralgs_ns.gaussians import Gaussians
+from neuralgs_ns.models.neuralgs import PRESETS, NeuralGSModelConfig, scene_steps
 
 
 def blob_scene(log_scale: float, n=400, seed=0) -> Gaussians:
@@ -100,12 +101,23 @@ def test_the_width_cap_keeps_the_widest_mlp_within_the_budget():
     assert capped_mlp_width(128, 300, 12, math.inf, 10, 5, 56, "int8") == 128  # no cap: as given
 
 
-def test_small_scenes_get_up_to_three_times_the_fine_tune_steps():
-    assert fine_tune_steps(1500, 118_363) == 1500
-    assert fine_tune_steps(1500, 90_000) == 1500
-    assert fine_tune_steps(1500, 60_000) == 2250  # in proportion below 90k
-    assert fine_tune_steps(1500, 45_000) == 3000
-    assert fine_tune_steps(1500, 30_000) == fine_tune_steps(1500, 25_673) == fine_tune_steps(1500, 100) == 4500
+def test_small_scenes_get_up_to_three_times_the_steps():
+    assert small_scene_steps(1500, 118_363) == 1500
+    assert small_scene_steps(1500, 90_000) == 1500
+    assert small_scene_steps(1500, 60_000) == 2250  # in proportion below 90k
+    assert small_scene_steps(1500, 45_000) == 3000
+    assert small_scene_steps(1500, 30_000) == small_scene_steps(1500, 25_673) == small_scene_steps(1500, 100) == 4500
+
+
+def test_scene_steps_scale_both_stages_with_the_cpu_preset_only():
+    cpu = NeuralGSModelConfig(preset="cpu")
+    for stage in ("fit_iterations", "fine_tune_iterations"):
+        base = PRESETS["cpu"][stage]
+        assert scene_steps(cpu, stage, "cpu", 200_000) == base
+        assert scene_steps(cpu, stage, "cpu", 17_416) == 3 * base
+        assert scene_steps(NeuralGSModelConfig(preset="neuralgs"), stage, "cpu", 17_416) == PRESETS["neuralgs"][stage]
+        assert scene_steps(NeuralGSModelConfig(preset="auto"), stage, "cuda", 17_416) == PRESETS["neuralgs"][stage]
+    assert scene_steps(NeuralGSModelConfig(preset="cpu", fit_iterations=200), "fit_iterations", "cpu", 100) == 200
 
 
 # --- target sizes ----------------------------------------------------------------------------

@@ -34,11 +34,11 @@ threshold, choosing 13 and 11 bits. Trained models moved to those grids lost 0.0
 MLP_WIDTH_STEP = 8
 MIN_MLP_WIDTH = 16
 SMALL_SCENE_GAUSSIANS = 90_000
-"""Scenes compressed to fewer Gaussians get proportionally more fine-tune steps, up to
-MAX_FINE_TUNE_FACTOR times the preset's: their steps are cheap (a step's cost grows with the
-Gaussians drawn) and small scenes still gain from steps where large ones have stopped
-(docs/tuning.md#per-scene-choices)."""
-MAX_FINE_TUNE_FACTOR = 3
+"""Scenes compressed to fewer Gaussians get proportionally more fitting (stage C) and
+fine-tune (stage D) steps with the cpu preset, up to MAX_SMALL_SCENE_FACTOR times the
+preset's: their steps are cheap (a step's cost grows with the Gaussians drawn) and small scenes
+still gain from steps where large ones have stopped (docs/tuning.md#per-scene-choices)."""
+MAX_SMALL_SCENE_FACTOR = 3
 
 
 @torch.no_grad()
@@ -120,11 +120,11 @@ def capped_mlp_width(width: int, n_gaussians: int, n_clusters: int, max_bits_per
     return candidate
 
 
-def fine_tune_steps(base_steps: int, n_gaussians: int) -> int:
-    """Stage D steps for a scene compressed to `n_gaussians`: `base_steps`, raised in
-    proportion for scenes under SMALL_SCENE_GAUSSIANS, at most MAX_FINE_TUNE_FACTOR times."""
+def small_scene_steps(base_steps: int, n_gaussians: int) -> int:
+    """Stage C or D steps for a scene compressed to `n_gaussians`: `base_steps`, raised in
+    proportion for scenes under SMALL_SCENE_GAUSSIANS, at most MAX_SMALL_SCENE_FACTOR times."""
     scaled = round(base_steps * SMALL_SCENE_GAUSSIANS / max(1, n_gaussians))
-    return max(base_steps, min(MAX_FINE_TUNE_FACTOR * base_steps, scaled))
+    return max(base_steps, min(MAX_SMALL_SCENE_FACTOR * base_steps, scaled))
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,

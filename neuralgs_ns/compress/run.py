@@ -46,6 +46,8 @@ class CompressReport:
     """Wall time of the whole call."""
     config_path: Path
     """The nerfstudio run's config.yml (for ns-viewer, ns-eval, ns-export)."""
+    fit_iterations: int
+    """Stage C steps run (the preset's, or more for a small scene, unless set)."""
     fine_tune_iterations: int
     """Stage D steps run (the preset's, or more for a small scene, unless set)."""
     metrics: Dict[str, float] = field(default_factory=dict)
@@ -67,7 +69,7 @@ class CompressReport:
             ("", "Gaussians", "size", ""),
             ("teacher", f"{self.teacher_gaussians:,}", format_bytes(self.teacher_bytes), str(self.teacher)),
             ("compressed", f"{self.compressed_gaussians:,}", format_bytes(self.compressed_bytes), str(self.output)),
-            ("", "", "", f"{self.fine_tune_iterations} fine-tune steps"),
+            ("", "", "", f"{self.fit_iterations} fit + {self.fine_tune_iterations} fine-tune steps"),
             ("ratio", "", f"{self.ratio:.1f}x", ""),
         ]
         quality = f"SSIM {self.ssim:.4f}" + ("" if self.lpips is None else f", LPIPS {self.lpips:.4f}")
@@ -177,7 +179,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         preset: 'neuralgs', 'cpu' or 'auto' (by device).
         device: 'auto', 'cpu' or 'cuda'.
         fine_tune_iterations, fit_iterations: stage D and stage C steps (None: the preset's;
-            small scenes get more stage D steps with the cpu preset, `rate.fine_tune_steps`).
+            small scenes get more of both with the cpu preset, `models.neuralgs.scene_steps`).
         run_dir: where nerfstudio keeps the run (config.yml, checkpoint, logs).
         views: virtual cameras when there is no `data`.
         experiment_name: the run's experiment name (default: the teacher's name).
@@ -202,11 +204,11 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     from neuralgs_ns.codec import CompressedScene
     from neuralgs_ns.codec.quantize import MAX_POSITION_BITS
     from neuralgs_ns.compress.importance import pruned_count
-    from neuralgs_ns.compress.rate import fine_tune_steps, prune_fraction_for_size, target_size_bytes
+    from neuralgs_ns.compress.rate import prune_fraction_for_size, target_size_bytes
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
     from neuralgs_ns.formats import load_teacher, teacher_bytes
     from neuralgs_ns.method_configs import neuralgs_trainer, set_fine_tune_iterations
-    from neuralgs_ns.models.neuralgs import check_target_size, resolve_preset
+    from neuralgs_ns.models.neuralgs import check_target_size, scene_steps
     from neuralgs_ns.progress import StageTimer, quiet_trainer_log, train_with_progress
 
     start = time.perf_counter()
@@ -245,16 +247,16 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
             targets = render_teacher_dataset(teacher_gaussians, run_dir / f"{name}-views", views, device)
     config.pipeline.datamanager.dataparser = dataparser_for(targets, downscale if data is not None else 1)
     config.pipeline.datamanager.data = targets
-    if fine_tune_iterations is None and resolve_preset(preset, device) == "cpu":
-        # Stage D's length is fixed before stage A: it assumes the most pruning the model starts
-        # from, which it may lower where the training views see it (prune_psnr_db).
-        fraction = config.pipeline.model.prune_fraction
-        if target_size is not None:  # the model's first choice; it may prune more if the positions need it
-            fraction = prune_fraction_for_size(target_size, len(teacher_gaussians), fraction)
-        kept = len(teacher_gaussians) - pruned_count(len(teacher_gaussians), fraction)
-        fine_tune_iterations = fine_tune_steps(config.max_num_iterations, kept)
-    if fine_tune_iterations is not None:
-        set_fine_tune_iterations(config, fine_tune_iterations)
+    # Stages C and D's lengths are fixed before stage A: they assume the most pruning the
+    # model starts from, which it may lower where the training views see it (prune_psnr_db).
+    fraction = config.pipeline.model.prune_fraction
+    if target_size is not None:  # the model's first choice; it may prune more if the positions need it
+        fraction = prune_fraction_for_size(target_size, len(teacher_gaussians), fraction)
+    kept = len(teacher_gaussians) - pruned_count(len(teacher_gaussians), fraction)
+    config.pipeline.model.fit_iterations = scene_steps(config.pipeline.model, "fit_iterations", device, kept)
+    if fine_tune_iterations is None:
+        fine_tune_iterations = scene_steps(config.pipeline.model, "fine_tune_iterations", device, kept)
+    set_fine_tune_iterations(config, fine_tune_iterations)
     config.output_dir = run_dir
     config.experiment_name = name
     config.vis = "tensorboard"
@@ -296,5 +298,6 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         lpips=metrics.get("lpips"), measured_against="dataset images" if data is not None else "teacher renders",
         eval_views=len(pipeline.datamanager.eval_dataset), stage_seconds=stages,
         total_seconds=time.perf_counter() - start, config_path=config.get_base_dir() / "config.yml",
-        fine_tune_iterations=config.max_num_iterations, metrics=metrics,
+        fit_iterations=config.pipeline.model.fit_iterations, fine_tune_iterations=config.max_num_iterations,
+        metrics=metrics,
     )

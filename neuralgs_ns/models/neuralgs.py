@@ -40,8 +40,8 @@ from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan,
                                        capped_mlp_width, choose_position_bits, choose_prune_fraction,
                                        choose_residual_step, default_target_bytes, mlp_bytes_per_cluster, plan_for_size,
-                                       prune_fraction_for_size, residual_step_for_budget, smallest_size,
-                                       target_size_bytes)
+                                       prune_fraction_for_size, residual_step_for_budget, small_scene_steps,
+                                       smallest_size, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.formats import load_teacher
 from neuralgs_ns.gaussians import SH_C0, Gaussians
@@ -70,7 +70,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     # reached 25.4 dB after 300 fine-tune steps where 6 reached 23.8 dB, at the same cost per
     # step; on a 50k-Gaussian .ply, 12 clusters reached 30.3 dB where 6 reached 28.3 dB (after
     # 1500 steps with the fine-tune guard: 30.91 and 29.23 dB). Scenes small after pruning get
-    # up to 3x the 1500 fine-tune steps (`compress.rate.fine_tune_steps`), which the final
+    # up to 3x the 1500 fit and fine-tune steps (`scene_steps`), which the final
     # rate of 3e-4 and the averaging of the last 10% turn into quality (docs/tuning.md).
     # Mini-batches of 1024 Gaussians per cluster while fitting. On small scenes the
     # MLPs would dominate the file (49 bits per Gaussian on a 30k-Gaussian scene), so their
@@ -88,6 +88,19 @@ def resolve_preset(name: PresetName, device: str) -> str:
     if name == "auto":
         return "neuralgs" if str(device).startswith("cuda") else "cpu"
     return name
+
+
+def scene_steps(config: "NeuralGSModelConfig", name: Literal["fit_iterations", "fine_tune_iterations"],
+                device: str, n_gaussians: int) -> int:
+    """Stage C ('fit_iterations') or stage D ('fine_tune_iterations') steps for a scene of
+    `n_gaussians` kept Gaussians: the value set in `config`, else the preset's, which the cpu
+    preset raises for small scenes (`compress.rate.small_scene_steps`)."""
+    value = getattr(config, name, None)
+    if value is not None:
+        return value
+    preset = resolve_preset(config.preset, device)
+    steps = PRESETS[preset][name]
+    return small_scene_steps(steps, n_gaussians) if preset == "cpu" else steps
 
 
 def _snapped_in_storage_order(means: Tensor, labels: Tensor, bits: int):
@@ -188,9 +201,10 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     which the stage C fit plus its corrections renders at this PSNR or more against the pruned
     teacher on 8 training views."""
     fit_iterations: Optional[int] = None
-    """Adam steps of stage C, all clusters at once (preset: paper 60000, cpu 1500)."""
+    """Adam steps of stage C, all clusters at once (preset: paper 60000, cpu 1500; `neuralgs
+    compress` gives scenes under 90k Gaussians after pruning up to 3x that, `scene_steps`)."""
     fit_batch_per_cluster: Optional[int] = None
-    """Gaussians drawn per cluster per fitting step (preset: paper 8192, cpu 2048)."""
+    """Gaussians drawn per cluster per fitting step (preset: paper 8192, cpu 1024)."""
     fit_lr: float = 1e-2
     """Initial learning rate of stage C (decays to 1% of it)."""
     loss: NeuralGSLossConfig = field(default_factory=NeuralGSLossConfig)
