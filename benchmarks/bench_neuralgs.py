@@ -241,8 +241,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="cpu", choices=["auto", "neuralgs", "cpu"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--target-size", help="compress --target-size (default: the preset's default size)")
-    parser.add_argument("--fit-iterations", type=int, help="stage C steps (default: the preset's)")
-    parser.add_argument("--fine-tune-iterations", type=int, help="stage D steps (default: the preset's)")
+    parser.add_argument("--fit-iterations", type=int, help="stage C steps (default: as neuralgs compress chooses)")
+    parser.add_argument("--fine-tune-iterations", type=int, help="stage D steps (default: as neuralgs compress chooses)")
     parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
                         help="a NeuralGSModelConfig field, e.g. target_cluster_size=2500 (repeatable)")
     parser.add_argument("--n-train-views", type=int, default=TeacherViews.n_train, help="(b) rendered training views")

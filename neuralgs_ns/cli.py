@@ -81,10 +81,10 @@ class Compress:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto is CUDA when present."""
     fine_tune_iterations: Optional[int] = None
-    """Stage D steps (default: the preset's; with the cpu preset up to twice that for scenes
-    under 60k Gaussians after pruning)."""
+    """Stage D steps (default: the preset's; with the cpu preset up to three times that for
+    scenes under 90k Gaussians after pruning)."""
     fit_iterations: Optional[int] = None
-    """Stage C steps (default: the preset's)."""
+    """Stage C steps (default: as for stage D)."""
     run_dir: Path = Path("neuralgs-runs")
     """Where nerfstudio keeps the run (config.yml, checkpoint, logs) for ns-viewer / ns-eval."""
     views: TeacherViews = field(default_factory=TeacherViews)
@@ -215,9 +215,9 @@ class Bench:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render and train; auto is CUDA when present."""
     neuralgs_fine_tune_iterations: Optional[int] = None
-    """NeuralGS stage D steps (default: the preset's)."""
+    """NeuralGS stage D steps (default: as `neuralgs compress` chooses)."""
     neuralgs_fit_iterations: Optional[int] = None
-    """NeuralGS stage C steps (default: the preset's)."""
+    """NeuralGS stage C steps (default: as `neuralgs compress` chooses)."""
     views: TeacherViews = field(default_factory=TeacherViews)
     """Virtual cameras when there is no --data."""
 
