@@ -102,11 +102,12 @@ def test_the_width_cap_keeps_the_widest_mlp_within_the_budget():
 
 
 def test_small_scenes_get_up_to_three_times_the_steps():
-    assert small_scene_steps(1500, 118_363) == 1500
-    assert small_scene_steps(1500, 90_000) == 1500
-    assert small_scene_steps(1500, 60_000) == 2250  # in proportion below 90k
-    assert small_scene_steps(1500, 45_000) == 3000
-    assert small_scene_steps(1500, 30_000) == small_scene_steps(1500, 25_673) == small_scene_steps(1500, 100) == 4500
+    assert small_scene_steps(1500, 118_363, 3) == 1500
+    assert small_scene_steps(1500, 90_000, 3) == 1500
+    assert small_scene_steps(1500, 60_000, 3) == 2250  # in proportion below 90k
+    assert small_scene_steps(1500, 45_000, 3) == 3000
+    assert small_scene_steps(1500, 30_000, 3) == small_scene_steps(1500, 25_673, 3) == small_scene_steps(1500, 100, 3) == 4500
+    assert small_scene_steps(1500, 100, 1) == 1500  # a factor of 1: the preset's steps
 
 
 def test_scene_steps_scale_both_stages_with_the_cpu_preset_only():

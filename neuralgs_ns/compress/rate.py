@@ -35,10 +35,10 @@ MLP_WIDTH_STEP = 8
 MIN_MLP_WIDTH = 16
 SMALL_SCENE_GAUSSIANS = 90_000
 """Scenes compressed to fewer Gaussians get proportionally more fitting (stage C) and
-fine-tune (stage D) steps with the cpu preset, up to MAX_SMALL_SCENE_FACTOR times the
-preset's: their steps are cheap (a step's cost grows with the Gaussians drawn) and small scenes
-still gain from steps where large ones have stopped (docs/tuning.md#per-scene-choices)."""
-MAX_SMALL_SCENE_FACTOR = 3
+fine-tune (stage D) steps, up to the preset's `small_scene_factor` times its own (3 for the cpu
+preset, 1 for the paper's): their steps are cheap (a step's cost grows with the Gaussians
+drawn) and small scenes still gain from steps where large ones have stopped
+(docs/tuning.md#per-scene-choices)."""
 
 
 @torch.no_grad()
@@ -120,11 +120,11 @@ def capped_mlp_width(width: int, n_gaussians: int, n_clusters: int, max_bits_per
     return candidate
 
 
-def small_scene_steps(base_steps: int, n_gaussians: int) -> int:
+def small_scene_steps(base_steps: int, n_gaussians: int, max_factor: float) -> int:
     """Stage C or D steps for a scene compressed to `n_gaussians`: `base_steps`, raised in
-    proportion for scenes under SMALL_SCENE_GAUSSIANS, at most MAX_SMALL_SCENE_FACTOR times."""
+    proportion for scenes under SMALL_SCENE_GAUSSIANS, at most `max_factor` times."""
     scaled = round(base_steps * SMALL_SCENE_GAUSSIANS / max(1, n_gaussians))
-    return max(base_steps, min(MAX_SMALL_SCENE_FACTOR * base_steps, scaled))
+    return max(base_steps, min(round(max_factor * base_steps), scaled))
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,

@@ -63,7 +63,8 @@ PRESETS: Dict[str, Dict[str, float]] = {
     "neuralgs": dict(field_frequencies=10, field_width=128, field_depth=5, target_cluster_size=20000,
                      min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000,
                      max_mlp_bits_per_gaussian=math.inf, residual_attributes=(), residual_step=None,
-                     size_rule=False, prune_psnr_db=0.0, average_fraction=0.0, fine_tune_lr_final=1e-4),
+                     size_rule=False, prune_psnr_db=0.0, average_fraction=0.0, fine_tune_lr_final=1e-4,
+                     small_scene_factor=1),
     # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
     # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
@@ -79,7 +80,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
                 fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
                 max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None, size_rule=True,
-                prune_psnr_db=0.0, average_fraction=0.1, fine_tune_lr_final=3e-4),
+                prune_psnr_db=0.0, average_fraction=0.1, fine_tune_lr_final=3e-4, small_scene_factor=3),
 }
 
 
@@ -93,14 +94,13 @@ def resolve_preset(name: PresetName, device: str) -> str:
 def scene_steps(config: "NeuralGSModelConfig", name: Literal["fit_iterations", "fine_tune_iterations"],
                 device: str, n_gaussians: int) -> int:
     """Stage C ('fit_iterations') or stage D ('fine_tune_iterations') steps for a scene of
-    `n_gaussians` kept Gaussians: the value set in `config`, else the preset's, which the cpu
-    preset raises for small scenes (`compress.rate.small_scene_steps`)."""
+    `n_gaussians` kept Gaussians: the value set in `config`, else the preset's, raised for small
+    scenes up to the preset's `small_scene_factor` (`compress.rate.small_scene_steps`)."""
     value = getattr(config, name, None)
     if value is not None:
         return value
-    preset = resolve_preset(config.preset, device)
-    steps = PRESETS[preset][name]
-    return small_scene_steps(steps, n_gaussians) if preset == "cpu" else steps
+    preset = PRESETS[resolve_preset(config.preset, device)]
+    return small_scene_steps(preset[name], n_gaussians, preset["small_scene_factor"])
 
 
 def _snapped_in_storage_order(means: Tensor, labels: Tensor, bits: int):
