@@ -76,15 +76,15 @@ def run_one(ply: Path, workdir: Path, fine_tune_iterations: int | None, fit_iter
     estimated = (report.total_seconds
                  + stage_c * (defaults["fit_iterations"] / report.fit_iterations - 1)
                  + stage_d * (defaults["fine_tune_iterations"] / report.fine_tune_iterations - 1))
-    return dict(default_fit_iterations=defaults["fit_iterations"],
-                default_fine_tune_iterations=defaults["fine_tune_iterations"],
-                estimated_default_seconds=estimated,gaussians=report.teacher_gaussians, kept=report.compressed_gaussians,
+    return dict(gaussians=report.teacher_gaussians, kept=report.compressed_gaussians,
                 stage_seconds=report.stage_seconds, total_seconds=report.total_seconds,
                 fit_iterations=report.fit_iterations, stage_c_seconds_per_step=stage_c / report.fit_iterations,
+                fine_tune_iterations=report.fine_tune_iterations,
                 stage_d_seconds_per_step=stage_d / report.fine_tune_iterations,
-                fine_tune_iterations=report.fine_tune_iterations, bytes=report.compressed_bytes,
-                ratio=report.ratio, psnr=report.psnr,
-                peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+                default_fit_iterations=defaults["fit_iterations"],
+                default_fine_tune_iterations=defaults["fine_tune_iterations"], estimated_default_seconds=estimated,
+                bytes=report.compressed_bytes, ratio=report.ratio, psnr=report.psnr,
+                peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # ru_maxrss is in KiB
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -127,7 +127,7 @@ def main(argv: List[str] | None = None) -> None:
         results.append(json.loads(lines[-1][len("RESULT "):]))
         r = results[-1]
         print(f"{n:,} Gaussians: {r['total_seconds'] / 60:.1f} min, stage D {r['stage_d_seconds_per_step']:.3f} s/step, "
-              f"peak RSS {r['peak_rss_gb']:.2f} GB, {r['bytes']:,} B ({r['ratio']:.1f}x), {r['psnr']:.2f} dB", flush=True)
+              f"peak RSS {r['peak_rss_gib']:.2f} GiB, {r['bytes']:,} B ({r['ratio']:.1f}x), {r['psnr']:.2f} dB", flush=True)
         if args.json_out is not None:
             args.json_out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -145,7 +145,7 @@ def main(argv: List[str] | None = None) -> None:
                       f"{r['default_fine_tune_iterations']}, estimated)" if shortened else "as run")
         cells += [f"{r['total_seconds'] / 60:.1f} min", f"{r['fit_iterations']} + {r['fine_tune_iterations']}",
                   f"{r['stage_c_seconds_per_step']:.3f}, {r['stage_d_seconds_per_step']:.3f}", at_default,
-                  f"{r['peak_rss_gb']:.2f} GB", f"{r['bytes']:,} B", f"{r['ratio']:.1f}x", f"{r['psnr']:.2f} dB"]
+                  f"{r['peak_rss_gib']:.2f} GiB", f"{r['bytes']:,} B", f"{r['ratio']:.1f}x", f"{r['psnr']:.2f} dB"]
         print("| " + " | ".join(cells) + " |")
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(results, indent=2) + "\n")

@@ -49,6 +49,6 @@ def test_a_shortened_run_reports_its_steps_and_the_default_estimate(tmp_path, ca
                 for name in ("fit_iterations", "fine_tune_iterations")]
     assert [r["default_fit_iterations"], r["default_fine_tune_iterations"]] == defaults
     assert r["estimated_default_seconds"] > r["total_seconds"]
-    assert r["peak_rss_gb"] > 0 and r["bytes"] > 0 and math.isfinite(r["psnr"])
+    assert r["peak_rss_gib"] > 0 and r["bytes"] > 0 and math.isfinite(r["psnr"])
     assert "Stage D: fine-tune" in (tmp_path / "work" / "n300" / "compress.log").read_text()
     assert f"({defaults[0]} + {defaults[1]}, estimated)" in capsys.readouterr().out
