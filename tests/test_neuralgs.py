@@ -262,3 +262,18 @@ def test_a_trailing_mean_takes_the_last_steps_of_the_run_however_it_was_resumed(
             window.update(step, start + 19, [torch.tensor([float(step)])])
         assert window.count == 5
         torch.testing.assert_close(window.mean[0], torch.tensor([start + 17.0]))  # mean of the last 5
+
+
+def test_a_target_the_plan_cannot_spend_is_reported(compressed, trained_run, capsys):  # noqa: F811
+    """Far above what this 1.2k-Gaussian teacher's plan can use: the file stays under 90% of the
+    target (never padded) and the run says so instead of claiming the size."""
+    from neuralgs_ns.compress.run import compress
+
+    root = compressed["root"]
+    target = 20 * compressed["file"].stat().st_size
+    data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
+    report = compress(trained_run["checkpoint"], root / "large.ngs", data=data, preset="cpu", device="cpu",
+                      fit_iterations=20, fine_tune_iterations=2, run_dir=root / "large-runs", target_size=target)
+    assert report.compressed_bytes < 0.9 * target
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"target size {target:,} B: the file takes only {report.compressed_bytes:,} B" in out

@@ -49,6 +49,8 @@ from neuralgs_ns.models.portable_splatfacto import PortableSplatfactoModel, Port
 from neuralgs_ns.progress import StageTimer, progress_bar
 
 PresetName = Literal["auto", "neuralgs", "cpu"]
+TARGET_SIZE_FLOOR = 0.9
+"""A file under this share of its target size is reported: the target could not be spent."""
 COMPRESSED_FILE_NAME = "scene.ngs"
 """What `ns-train neuralgs` writes into its run directory after the last step."""
 MIN_RESIDUAL_STEP = 0.001  # codes within +-RESIDUAL_RANGE then span 4001 values, under the coder's 4096
@@ -746,6 +748,12 @@ class NeuralGSModel(PortableSplatfactoModel):
             CONSOLE.log(f"target size {target:,} B: dropped {dropped:,} of the corrections to fit ({size:,} B)")
         if size > target:
             CONSOLE.log(f"[bold yellow]target size {target:,} B: the file takes {size:,} B")
+        elif size < TARGET_SIZE_FLOOR * target:
+            # The plan caps the MLPs' width and the corrections' step, and pruning only grows
+            # with a target, never shrinks: a small scene at a large target runs out of uses.
+            CONSOLE.log(f"[bold yellow]target size {target:,} B: the file takes only {size:,} B "
+                        f"({size / target:.0%}), all the plan could use for {len(self.positions):,} Gaussians; "
+                        f"prune less (--pipeline.model.prune-fraction) to spend more")
 
     def _guard_step(self, optimizers, step: int) -> None:
         """After an optimiser step: feeds its loss to the guard, and when the guard says so
