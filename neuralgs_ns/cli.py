@@ -94,6 +94,9 @@ class Compress:
     per Gaussian. Default: the coarsest grid the teacher's renders barely notice (10-16)."""
     weight_precision: Literal["int8", "float16"] = "int8"
     """How the MLP weights are stored; fine-tuning trains the stored values either way."""
+    prune_fraction: Optional[float] = None
+    """Share of the least important Gaussians to drop in stage A, in [0, 1) (default: the
+    paper's 0.4; a small --target-size may prune more)."""
     target_size: Optional[str] = None
     """Size of the file to write: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
     is at most this and at least 90% of it; too small a size is refused up front with the
@@ -110,11 +113,16 @@ class Compress:
     def main(self) -> None:
         from neuralgs_ns.compress.run import compress
 
+        options = {"position_bits": self.position_bits, "field_precision": self.weight_precision}
+        if self.prune_fraction is not None:
+            if not 0.0 <= self.prune_fraction < 1.0:
+                raise NeuralGSError(f"--prune-fraction must be in [0, 1), got {self.prune_fraction}")
+            options["prune_fraction"] = self.prune_fraction
         report = compress(self.teacher, self.output, data=self.data, preset=self.preset, device=self.device,
                           fine_tune_iterations=self.fine_tune_iterations, fit_iterations=self.fit_iterations,
                           run_dir=self.run_dir, views=self.views, target_size=self.target_size,
                           downscale=self.downscale, verbose=self.verbose, num_devices=self.num_devices,
-                          model_options={"position_bits": self.position_bits, "field_precision": self.weight_precision})
+                          model_options=options)
         report.print()
 
 

@@ -265,15 +265,28 @@ def test_a_trailing_mean_takes_the_last_steps_of_the_run_however_it_was_resumed(
 
 
 def test_a_target_the_plan_cannot_spend_is_reported(compressed, trained_run, capsys):  # noqa: F811
-    """Far above what this 1.2k-Gaussian teacher's plan can use: the file stays under 90% of the
-    target (never padded) and the run says so instead of claiming the size."""
-    from neuralgs_ns.compress.run import compress
-
+    """Far above what this 1.2k-Gaussian teacher's plan can use, even pruning only 10%
+    (--prune-fraction): the file stays under 90% of the target (never padded) and the run says
+    so instead of claiming the size."""
     root = compressed["root"]
     target = 20 * compressed["file"].stat().st_size
     data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
-    report = compress(trained_run["checkpoint"], root / "large.ngs", data=data, preset="cpu", device="cpu",
-                      fit_iterations=20, fine_tune_iterations=2, run_dir=root / "large-runs", target_size=target)
-    assert report.compressed_bytes < 0.9 * target
+    code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(root / "large.ngs"),
+                         "--data", str(data), "--preset", "cpu", "--device", "cpu", "--fit-iterations", "20",
+                         "--fine-tune-iterations", "2", "--run-dir", str(root / "large-runs"),
+                         "--target-size", str(target), "--prune-fraction", "0.1"])
+    assert code == 0
+    size = (root / "large.ngs").stat().st_size
+    n_teacher = compressed["teacher"].num_points
+    assert len(CompressedScene.load(root / "large.ngs").positions) == n_teacher - round(0.1 * n_teacher)
+    assert size < 0.9 * target
     out = " ".join(capsys.readouterr().out.split())
-    assert f"target size {target:,} B: the file takes only {report.compressed_bytes:,} B" in out
+    assert f"target size {target:,} B: the file takes only {size:,} B" in out and "--prune-fraction" in out
+
+
+def test_a_prune_fraction_outside_zero_to_one_is_one_line(trained_run, tmp_path, capsys):  # noqa: F811
+    code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "s.ngs"),
+                         "--prune-fraction", "1.5", "--run-dir", str(tmp_path / "runs"), "--device", "cpu"])
+    assert code == 1 and not (tmp_path / "s.ngs").exists()
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--prune-fraction must be in [0, 1)" in err

@@ -753,7 +753,7 @@ class NeuralGSModel(PortableSplatfactoModel):
             # with a target, never shrinks: a small scene at a large target runs out of uses.
             CONSOLE.log(f"[bold yellow]target size {target:,} B: the file takes only {size:,} B "
                         f"({size / target:.0%}), all the plan could use for {len(self.positions):,} Gaussians; "
-                        f"prune less (--pipeline.model.prune-fraction) to spend more")
+                        f"prune less to spend more (--prune-fraction; --pipeline.model.prune-fraction in ns-train)")
 
     def _guard_step(self, optimizers, step: int) -> None:
         """After an optimiser step: feeds its loss to the guard, and when the guard says so
