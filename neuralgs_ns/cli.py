@@ -96,7 +96,7 @@ class Compress:
     """How the MLP weights are stored; fine-tuning trains the stored values either way."""
     prune_fraction: Optional[float] = None
     """Share of the least important Gaussians to drop in stage A, in [0, 1) (default: the
-    paper's 0.4; a small --target-size may prune more)."""
+    paper's 0.4; a small --target-size may prune more, a large one less)."""
     target_size: Optional[str] = None
     """Size of the file to write: bytes, or e.g. 500KB, 1.5MB, 800KiB (K, M decimal). The file
     is at most this and at least 90% of it; too small a size is refused up front with the

@@ -12,12 +12,13 @@ from neuralgs_ns.codec import weights as weight_coder
 from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig
 from neuralgs_ns.compress.importance import importance_scores
 from neuralgs_ns.compress.pipeline_run import TeacherViews, sphere_cameras
-from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION, MIN_AUTO_POSITION_BITS,
-                                       POSITION_BITS_ESTIMATE, SIZE_MARGIN, FieldPlan, capped_mlp_width,
+from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION, MAX_WIDTH_FACTOR,
+                                       MIN_AUTO_POSITION_BITS, POSITION_BITS_ESTIMATE, SIZE_MARGIN, FieldPlan, capped_mlp_width,
                                        choose_position_bits, choose_prune_fraction, corrections_to_drop,
                                        default_target_bytes, small_scene_steps,
-                                       mlp_bytes_per_cluster, parse_size, plan_for_size, prune_fraction_for_size,
-                                       residual_bytes, residual_step_for_budget)
+                                       mlp_bytes_per_cluster, parse_size, plan_capacity, plan_for_size,
+                                       prune_fraction_for_size, prune_fraction_to_spend, residual_bytes,
+                                       residual_step_for_budget)
 from neuralgs_ns.gaussians import Gaussians
 from neuralgs_ns.models.neuralgs import PRESETS, NeuralGSModelConfig, scene_steps
 
@@ -143,6 +144,29 @@ def test_pruning_rises_only_when_the_target_leaves_too_few_bits_per_gaussian():
     assert prune_fraction_for_size(int(roomy), n, 0.4) == 0.4
     assert prune_fraction_for_size(int(0.3 * roomy), n, 0.4) == pytest.approx(0.75)  # keeps 29% (the margin)
     assert prune_fraction_for_size(10, n, 0.4) == MAX_PRUNE_FRACTION
+
+
+def test_pruning_falls_only_while_the_kept_gaussians_cannot_spend_the_target():
+    n = 1000
+    capacity = lambda n_kept: 10.0 * n_kept  # noqa: E731 (bytes the plan can spend on them)
+    at_40 = 600 * 10 / SIZE_MARGIN  # what 600 kept Gaussians can spend, before the margin
+    assert prune_fraction_to_spend(int(at_40), n, 0.4, capacity) == 0.4
+    assert prune_fraction_to_spend(7000, n, 0.4, capacity) == pytest.approx(0.3)  # 679 needed: 700 kept
+    assert prune_fraction_to_spend(10**6, n, 0.4, capacity) == 0.0
+    assert prune_fraction_to_spend(10**6, n, 0.0, capacity) == 0.0
+
+
+@pytest.mark.parametrize("corrections", [False, True])
+def test_plan_capacity_is_what_a_plan_spends_at_the_widest_mlps(corrections):
+    positions, labels = clustered_points()
+    field = field_plan(corrections)
+    capacity = plan_capacity(len(positions), 3, field, 14)
+    if corrections:  # the corrections take whatever is left
+        assert capacity == math.inf
+        return
+    plan = plan_for_size(10**7, positions, labels, 12, 14, field)
+    assert plan.mlp_width == MAX_WIDTH_FACTOR * field.preset_width
+    assert capacity - len(positions) * POSITION_BITS_ESTIMATE / 8 == plan.planned["mlp_weights"]
 
 
 @pytest.mark.parametrize("degree, min_ratio", [(0, 25), (3, 50)])

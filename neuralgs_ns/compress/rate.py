@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -205,6 +205,31 @@ def prune_fraction_for_size(target_bytes: int, n_teacher: int, default_fraction:
     return min(fraction, MAX_PRUNE_FRACTION)
 
 
+def prune_fraction_to_spend(target_bytes: int, n_teacher: int, fraction: float,
+                            capacity: Callable[[int], float]) -> float:
+    """`fraction`, lowered in steps of PRUNE_STEP (to 0) while `capacity(n_kept)` (the most
+    bytes the plan can spend on that many kept Gaussians, `plan_capacity`) stays under the
+    margin-scaled target: bytes the MLPs cannot take go to keeping Gaussians instead of being
+    left unspent (small scenes at large targets)."""
+    from neuralgs_ns.compress.importance import pruned_count
+
+    budget = SIZE_MARGIN * target_bytes
+    while fraction > 1e-9 and capacity(n_teacher - pruned_count(n_teacher, fraction)) < budget:
+        fraction = max(0.0, round(fraction - PRUNE_STEP, 6))
+    return fraction
+
+
+def plan_capacity(n_gaussians: int, n_clusters: int, field: "FieldPlan", n_attributes: int) -> float:
+    """About the most bytes `plan_for_size` can spend on `n_gaussians` in `n_clusters`: their
+    positions (POSITION_BITS_ESTIMATE bits each) and MLPs at their widest (MAX_WIDTH_FACTOR
+    times the preset's width). Unbounded with corrections, which take whatever is left."""
+    if field.corrections:
+        return math.inf
+    mlp = mlp_bytes_per_cluster(field.n_frequencies, MAX_WIDTH_FACTOR * field.preset_width, field.depth,
+                                n_attributes, field.precision)
+    return n_gaussians * POSITION_BITS_ESTIMATE / 8 + n_clusters * mlp
+
+
 def smallest_size(means: Tensor, n_attributes: int, mlp_bytes: int) -> int:
     """About the smallest file possible (positions of the most important MAX_PRUNE_FRACTION
     kept, on the coarsest grid, one MLP of `mlp_bytes`), judged before stage A from an evenly
@@ -293,6 +318,7 @@ class SizePlan:
     n_clusters: int
     planned: Dict[str, int]
     """Bytes of positions, MLPs and the rest ('other') as planned; corrections get what is left."""
+    corrections: bool = True
 
     def residual_budget(self) -> float:
         """Bytes the corrections may take (`residual_bytes`): the margin-scaled target less
@@ -302,9 +328,9 @@ class SizePlan:
         return SIZE_MARGIN * self.target_bytes - sum(self.planned.values()) - SECTION_FRAMING_BYTES * self.n_clusters
 
     def summary(self) -> str:
+        corrections = f", corrections up to {max(0, int(self.residual_budget())):,} B" if self.corrections else ""
         return (f"{self.position_bits}-bit positions ({self.planned['positions']:,} B), MLPs of width "
-                f"{self.mlp_width} ({self.planned['mlp_weights']:,} B), corrections up to "
-                f"{max(0, int(self.residual_budget())):,} B")
+                f"{self.mlp_width} ({self.planned['mlp_weights']:,} B){corrections}")
 
 
 def plan_for_size(target_bytes: int, positions: Tensor, labels: Tensor, grid_bits: int, n_attributes: int,
@@ -343,7 +369,7 @@ def plan_for_size(target_bytes: int, positions: Tensor, labels: Tensor, grid_bit
                                       field.depth, n_attributes, field.precision)
         parts["mlp_weights"] = k * mlp_bytes_per_cluster(field.n_frequencies, width, field.depth, n_attributes,
                                                          field.precision)
-        return SizePlan(target_bytes, bits, width, k, parts)
+        return SizePlan(target_bytes, bits, width, k, parts, field.corrections)
     return None
 
 

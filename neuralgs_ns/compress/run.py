@@ -248,7 +248,8 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     config.pipeline.datamanager.dataparser = dataparser_for(targets, downscale if data is not None else 1)
     config.pipeline.datamanager.data = targets
     # Stages C and D's lengths are fixed before stage A: they assume the most pruning the
-    # model starts from, which it may lower where the training views see it (prune_psnr_db).
+    # model starts from, which it may lower where the training views see it (prune_psnr_db)
+    # or where the target is more than the kept Gaussians' MLPs can spend.
     fraction = config.pipeline.model.prune_fraction
     if target_size is not None:  # the model's first choice; it may prune more if the positions need it
         fraction = prune_fraction_for_size(target_size, len(teacher_gaussians), fraction)

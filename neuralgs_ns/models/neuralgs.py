@@ -35,13 +35,13 @@ from neuralgs_ns.compress.clustering import (NormalizationTable, attribute_count
 from neuralgs_ns.compress.field import (ClusteredMLPField, FieldConfig, decode_gaussians, decode_normalized,
                                         field_from_state_dict, fit_field)
 from neuralgs_ns.compress.guard import FineTuneGuard
-from neuralgs_ns.compress.importance import importance_scores, prune_mask
+from neuralgs_ns.compress.importance import importance_scores, prune_mask, pruned_count
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
-from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SNAP_PSNR_DB, FieldPlan,
+from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SIZE_MARGIN, SNAP_PSNR_DB, FieldPlan,
                                        capped_mlp_width, choose_position_bits, choose_prune_fraction,
-                                       choose_residual_step, default_target_bytes, mlp_bytes_per_cluster, plan_for_size,
-                                       prune_fraction_for_size, residual_step_for_budget, small_scene_steps,
-                                       smallest_size, target_size_bytes)
+                                       choose_residual_step, default_target_bytes, mlp_bytes_per_cluster, plan_capacity,
+                                       plan_for_size, prune_fraction_for_size, prune_fraction_to_spend,
+                                       residual_step_for_budget, small_scene_steps, smallest_size, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.formats import load_teacher
 from neuralgs_ns.gaussians import SH_C0, Gaussians
@@ -131,7 +131,8 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """Exponent of the normalised volume in the importance score (LightGaussian's 0.1)."""
     prune_fraction: float = 0.4
     """Fraction of the least important Gaussians removed before fitting (paper: 0.4); with
-    prune_psnr_db above 0, the most that is removed."""
+    prune_psnr_db above 0, the most that is removed. A target size may prune more, or less when
+    it is more than the kept Gaussians' MLPs can use."""
     prune_psnr_db: Optional[float] = None
     """Above 0: prune less than prune_fraction where it shows, to the largest fraction (in steps
     of 5%) whose pruned teacher renders 8 training views at this PSNR or more against the full
@@ -307,6 +308,7 @@ class NeuralGSModel(PortableSplatfactoModel):
         # The default size rule's target (`_default_target_bytes`), set in stage A; None with a
         # user's target size, the paper preset or a resumed run.
         self.default_target: Optional[int] = None
+        self.n_pruned: Optional[int] = None  # by stage A; None on a resumed run
 
     # --- stages A-C ----------------------------------------------------------------------
 
@@ -337,8 +339,10 @@ class NeuralGSModel(PortableSplatfactoModel):
                 all_scores = importance_scores(teacher, views, beta=cfg.importance_beta, progress=advance)
             checked = [views[i] for i in frame_check_indices(len(views), 8)]
             fraction = self._prune_fraction(teacher, all_scores, checked)
+            uncapped = False  # with a target the MLPs cannot spend: lift the small-scene width cap
             if target is not None:
                 fraction = prune_fraction_for_size(target, len(teacher), fraction)
+                fraction, uncapped = self._fraction_to_spend(target, len(teacher), fraction, n_attributes)
 
         with timer.stage("Stage B: clustering"):
             while True:  # with a target size: prune more until the positions fit
@@ -347,8 +351,7 @@ class NeuralGSModel(PortableSplatfactoModel):
                 attributes = attribute_matrix(kept)
                 table = NormalizationTable.fit(attributes)
                 normalized = table.normalize(attributes)
-                k = cluster_count(len(kept), cfg.preset_value("target_cluster_size", str(device)), cfg.n_clusters,
-                                  cfg.preset_value("min_clusters", str(device))) if cfg.clustering else 1
+                k = self._cluster_count(len(kept))
                 labels = kmeans_clusters(normalized, k, seed=cfg.seed).to(device)
                 bits = cfg.position_bits
                 if bits is None:
@@ -363,7 +366,7 @@ class NeuralGSModel(PortableSplatfactoModel):
                 if target is None:
                     break
                 plan = plan_for_size(target, positions, labels[order], bits, n_attributes,
-                                     self._planned_field_config(len(kept), k, n_attributes))
+                                     self._planned_field_config(len(kept), k, n_attributes, capped=not uncapped))
                 if plan is not None or fraction >= MAX_PRUNE_FRACTION:
                     break
                 fraction = min(MAX_PRUNE_FRACTION, round(fraction + 0.05, 2))
@@ -397,6 +400,7 @@ class NeuralGSModel(PortableSplatfactoModel):
             CONSOLE.log(f"{k} MLPs of {field_cfg.depth} x {field_cfg.width}, {mlp.n_parameters()} parameters")
 
         self.positions, self.labels, self.position_grid = positions.detach(), labels, grid.to(device)
+        self.n_pruned = len(teacher) - len(kept)
         self.attribute_mins, self.attribute_maxs = table.mins.to(device), table.maxs.to(device)
         self.importance = scores.detach().float()
         self.field = mlp
@@ -443,10 +447,40 @@ class NeuralGSModel(PortableSplatfactoModel):
                     f"--target-size sets another)")
         return target
 
-    def _planned_field_config(self, n_gaussians: int, n_clusters: int, n_attributes: int) -> FieldPlan:
+    def _cluster_count(self, n_gaussians: int) -> int:
+        cfg, device = self.config, str(self.device)
+        if not cfg.clustering:
+            return 1
+        return cluster_count(n_gaussians, cfg.preset_value("target_cluster_size", device), cfg.n_clusters,
+                             cfg.preset_value("min_clusters", device))
+
+    def _fraction_to_spend(self, target: int, n_teacher: int, fraction: float, n_attributes: int
+                           ) -> Tuple[float, bool]:
+        """(the pruning fraction, lowered from `fraction` where the MLPs of the kept Gaussians
+        could not spend `target`; whether the MLPs' small-scene width cap must go too, because
+        even keeping every Gaussian leaves the target unspent). Pruning gives way first: on a
+        sparse scene it, not the MLPs, loses the decibels (docs/tuning.md, "How --target-size plans a file")."""
+        def capacity(n_kept: int, capped: bool = True) -> float:
+            k = self._cluster_count(n_kept)
+            return plan_capacity(n_kept, k, self._planned_field_config(n_kept, k, n_attributes, capped), n_attributes)
+
+        lowered = prune_fraction_to_spend(target, n_teacher, fraction, capacity)
+        uncapped = lowered == 0 and capacity(n_teacher) < SIZE_MARGIN * target
+        if lowered < fraction:
+            CONSOLE.log(f"target size {target:,} B: more than the MLPs of {n_teacher - pruned_count(n_teacher, fraction):,} "
+                        f"Gaussians can use; pruning {lowered:.0%} instead of {fraction:.0%}")
+        if uncapped:
+            CONSOLE.log(f"target size {target:,} B: more than the MLPs can use even without pruning; lifting "
+                        f"their width cap (max_mlp_bits_per_gaussian)")
+        return lowered, uncapped
+
+    def _planned_field_config(self, n_gaussians: int, n_clusters: int, n_attributes: int, capped: bool = True
+                              ) -> FieldPlan:
+        """What `plan_for_size` needs of the MLPs the preset builds for this scene; `capped`: with
+        the width cap of max_mlp_bits_per_gaussian."""
         cfg, device = self.config, str(self.device)
         field_cfg = cfg.field_config(device)
-        width = field_cfg.width if cfg.field_width is not None else capped_mlp_width(
+        width = field_cfg.width if cfg.field_width is not None or not capped else capped_mlp_width(
             field_cfg.width, n_gaussians, n_clusters, cfg.preset_value("max_mlp_bits_per_gaussian", device),
             field_cfg.n_frequencies, field_cfg.depth, n_attributes, field_cfg.weight_precision)
         return FieldPlan(field_cfg.n_frequencies, field_cfg.depth, field_cfg.weight_precision, width,
@@ -749,11 +783,12 @@ class NeuralGSModel(PortableSplatfactoModel):
         if size > target:
             CONSOLE.log(f"[bold yellow]target size {target:,} B: the file takes {size:,} B")
         elif size < TARGET_SIZE_FLOOR * target:
-            # The plan caps the MLPs' width and the corrections' step, and pruning only grows
-            # with a target, never shrinks: a small scene at a large target runs out of uses.
+            # The plan caps the MLPs' width and the corrections' step: a small scene at a large
+            # target runs out of uses even when every Gaussian is kept.
+            advice = ("prune less to spend more (--prune-fraction; --pipeline.model.prune-fraction in ns-train)"
+                      if self.n_pruned else "no Gaussian was pruned and the MLPs are at their widest")
             CONSOLE.log(f"[bold yellow]target size {target:,} B: the file takes only {size:,} B "
-                        f"({size / target:.0%}), all the plan could use for {len(self.positions):,} Gaussians; "
-                        f"prune less to spend more (--prune-fraction; --pipeline.model.prune-fraction in ns-train)")
+                        f"({size / target:.0%}), all the plan could use for {len(self.positions):,} Gaussians; {advice}")
 
     def _guard_step(self, optimizers, step: int) -> None:
         """After an optimiser step: feeds its loss to the guard, and when the guard says so
