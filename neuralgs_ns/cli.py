@@ -114,9 +114,7 @@ class Compress:
         from neuralgs_ns.compress.run import compress
 
         options = {"position_bits": self.position_bits, "field_precision": self.weight_precision}
-        if self.prune_fraction is not None:
-            if not 0.0 <= self.prune_fraction < 1.0:
-                raise NeuralGSError(f"--prune-fraction must be in [0, 1), got {self.prune_fraction}")
+        if self.prune_fraction is not None:  # checked with the other model options (NeuralGSModelConfig.check)
             options["prune_fraction"] = self.prune_fraction
         report = compress(self.teacher, self.output, data=self.data, preset=self.preset, device=self.device,
                           fine_tune_iterations=self.fine_tune_iterations, fit_iterations=self.fit_iterations,

@@ -288,9 +288,33 @@ def test_a_target_the_plan_cannot_spend_is_reported(compressed, trained_run, cap
     assert f"target size {target:,} B: the file takes only {size:,} B" in out and "no Gaussian was pruned" in out
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("prune_fraction", 1.0, "prune-fraction must be in [0, 1), got 1.0 (--prune-fraction in neuralgs compress, "
+                            "--pipeline.model.prune-fraction in ns-train)"),
+    ("prune_fraction", -0.1, "prune-fraction must be in [0, 1)"),
+    ("position_bits", 17, "position-bits must be between 1 and 16, got 17"),
+    ("n_clusters", 0, "n-clusters must be 1 or more, got 0 (--pipeline.model.n-clusters in ns-train)"),
+    ("int8_fraction", 1.5, "int8-fraction must be in [0, 1]"),
+    ("target_size", "5 parsecs", "--target-size: '5 parsecs' is not a size"),
+])
+def test_a_model_option_no_stage_could_use_is_refused_as_the_config_is_built(option, value, message):
+    """ns-train builds the config from its flags (tyro calls __init__), so the error comes
+    before the teacher is even loaded; compress sets fields afterwards and calls check()."""
+    from neuralgs_ns.errors import NeuralGSError
+    from neuralgs_ns.models.neuralgs import NeuralGSModelConfig
+
+    with pytest.raises(NeuralGSError) as err:
+        NeuralGSModelConfig(**{option: value})
+    assert message in str(err.value) and "\n" not in str(err.value)
+    config = NeuralGSModelConfig()
+    setattr(config, option, value)
+    with pytest.raises(NeuralGSError):
+        config.check()
+
+
 def test_a_prune_fraction_outside_zero_to_one_is_one_line(trained_run, tmp_path, capsys):  # noqa: F811
     code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "s.ngs"),
                          "--prune-fraction", "1.5", "--run-dir", str(tmp_path / "runs"), "--device", "cpu"])
     assert code == 1 and not (tmp_path / "s.ngs").exists()
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--prune-fraction must be in [0, 1)" in err
+    assert err.count("\n") == 0 and "prune-fraction must be in [0, 1), got 1.5 (--prune-fraction" in err

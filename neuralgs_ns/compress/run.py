@@ -202,7 +202,6 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     unreadable teacher, before any long work.
     """
     from neuralgs_ns.codec import CompressedScene
-    from neuralgs_ns.codec.quantize import MAX_POSITION_BITS
     from neuralgs_ns.compress.importance import pruned_count
     from neuralgs_ns.compress.rate import prune_fraction_for_size, target_size_bytes
     from neuralgs_ns.compress.pipeline_run import dataparser_for, render_teacher_dataset
@@ -215,9 +214,6 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
     teacher, output, run_dir = Path(teacher), Path(output), Path(run_dir)
     if not output.parent.is_dir():
         raise NeuralGSError(f"{output}: output folder {output.parent} does not exist")
-    bits = (model_options or {}).get("position_bits")
-    if bits is not None and not 1 <= bits <= MAX_POSITION_BITS:
-        raise NeuralGSError(f"position bits must be between 1 and {MAX_POSITION_BITS}, got {bits}")
     if num_devices < 1:
         raise NeuralGSError(f"--num-devices must be 1 or more, got {num_devices}")
     if num_devices > 1 and inspect is not None:
@@ -226,7 +222,6 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         raise NeuralGSError("--downscale applies to --data's images; without --data there are none")
     device = resolve_device(device)
     target_size = target_size_bytes(target_size)
-    teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
     name = experiment_name or teacher_name(teacher)
     views = views if views is not None else TeacherViews()
     timer = StageTimer()
@@ -238,6 +233,8 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         if not hasattr(config.pipeline.model, option):
             raise NeuralGSError(f"unknown NeuralGS model option {option!r}")
         setattr(config.pipeline.model, option, value)
+    config.pipeline.model.check()
+    teacher_gaussians = load_teacher(teacher)  # fail fast, before any long work
     if target_size is not None:
         config.pipeline.model.target_size = str(target_size)
     check_target_size(config.pipeline.model, teacher_gaussians, device)

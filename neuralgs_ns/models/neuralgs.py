@@ -27,7 +27,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.utils.comms import is_main_process
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from neuralgs_ns.codec.quantize import (dequantize_residuals, quantize_positions, residual_codes,
+from neuralgs_ns.codec.quantize import (MAX_POSITION_BITS, dequantize_residuals, quantize_positions, residual_codes,
                                         round_to_residual_steps, snap_positions, storage_order)
 from neuralgs_ns.compress.averaging import TrailingMean
 from neuralgs_ns.compress.clustering import (NormalizationTable, attribute_count, attribute_groups, attribute_matrix,
@@ -230,6 +230,28 @@ class NeuralGSModelConfig(PortableSplatfactoModelConfig):
     """Fine-tune at full resolution from the first step (splatfacto starts at 1/4)."""
     background_color: Literal["random", "black", "white"] = "white"
     """Background of the renders and of RGBA ground truth."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuses, in one line, values no stage could use, so `ns-train neuralgs` and
+        `neuralgs compress` fail before loading anything rather than in the stage that uses them.
+        Run again after setting fields on a built config."""
+        def refuse(option: str, problem: str) -> None:
+            flag = option.replace("_", "-")
+            where = f"--{flag} in neuralgs compress, " if option in ("prune_fraction", "position_bits") else ""
+            raise NeuralGSError(f"{flag} {problem} ({where}--pipeline.model.{flag} in ns-train)")
+
+        if not 0.0 <= self.prune_fraction < 1.0:
+            refuse("prune_fraction", f"must be in [0, 1), got {self.prune_fraction}")
+        if self.position_bits is not None and not 1 <= self.position_bits <= MAX_POSITION_BITS:
+            refuse("position_bits", f"must be between 1 and {MAX_POSITION_BITS}, got {self.position_bits}")
+        if self.n_clusters is not None and self.n_clusters < 1:
+            refuse("n_clusters", f"must be 1 or more, got {self.n_clusters}")
+        if not 0.0 <= self.int8_fraction <= 1.0:
+            refuse("int8_fraction", f"must be in [0, 1], got {self.int8_fraction}")
+        target_bytes(self)  # a size that does not parse
 
     def preset_value(self, name: str, device: str):
         value = getattr(self, name)
