@@ -267,11 +267,11 @@ def test_a_trailing_mean_takes_the_last_steps_of_the_run_however_it_was_resumed(
 
 def test_a_target_the_plan_cannot_spend_is_reported(compressed, trained_run, capsys):  # noqa: F811
     """Far above what this 1.2k-Gaussian teacher's MLPs can use: asked to prune 10%
-    (--prune-fraction), the run keeps every Gaussian and lifts the MLPs' width cap instead, and
-    when the file still stays under 90% of the target (never padded) it says so instead of
-    claiming the size."""
+    (--prune-fraction), the run keeps every Gaussian, lifts the MLPs' width cap and adds a
+    cluster (down to 500 Gaussians each), and when the file still stays under 90% of the
+    target (never padded) it says so instead of claiming the size."""
     root = compressed["root"]
-    target = 20 * compressed["file"].stat().st_size
+    target = 40 * compressed["file"].stat().st_size
     data = trained_run["config_path"].parent.parent.parent.parent.parent / "scene"
     code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(root / "large.ngs"),
                          "--data", str(data), "--preset", "cpu", "--device", "cpu", "--fit-iterations", "20",
@@ -280,11 +280,11 @@ def test_a_target_the_plan_cannot_spend_is_reported(compressed, trained_run, cap
     assert code == 0
     size = (root / "large.ngs").stat().st_size
     scene = CompressedScene.load(root / "large.ngs")
-    assert len(scene.positions) == compressed["teacher"].num_points
+    assert len(scene.positions) == compressed["teacher"].num_points and scene.n_clusters == 2
     assert size < 0.9 * target
     out = " ".join(capsys.readouterr().out.split())
     out = re.sub(r"\S+\.py:\d+ ", "", out)  # the log's source locations, wherever rich wraps them
-    assert "pruning 0% instead of 10%" in out and "lifting their width cap" in out
+    assert "pruning 0% instead of 10%" in out and "lifting their width cap" in out and "2 clusters instead of 1" in out
     assert f"target size {target:,} B: the file takes only {size:,} B" in out and "no Gaussian was pruned" in out
 
 

@@ -13,12 +13,12 @@ from neuralgs_ns.compress.field import ClusteredMLPField, FieldConfig
 from neuralgs_ns.compress.importance import importance_scores
 from neuralgs_ns.compress.pipeline_run import TeacherViews, sphere_cameras
 from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION, MAX_WIDTH_FACTOR,
-                                       MIN_AUTO_POSITION_BITS, POSITION_BITS_ESTIMATE, SIZE_MARGIN, FieldPlan, capped_mlp_width,
-                                       choose_position_bits, choose_prune_fraction, corrections_to_drop,
-                                       default_target_bytes, small_scene_steps,
-                                       mlp_bytes_per_cluster, parse_size, plan_capacity, plan_for_size,
-                                       prune_fraction_for_size, prune_fraction_to_spend, residual_bytes,
-                                       residual_step_for_budget)
+                                       MIN_AUTO_POSITION_BITS, POSITION_BITS_ESTIMATE, SIZE_MARGIN,
+                                       SPEND_CLUSTER_GAUSSIANS, FieldPlan, capped_mlp_width, choose_position_bits,
+                                       choose_prune_fraction, clusters_to_spend, corrections_to_drop,
+                                       default_target_bytes, mlp_bytes_per_cluster, parse_size, plan_capacity,
+                                       plan_for_size, prune_fraction_for_size, prune_fraction_to_spend,
+                                       residual_bytes, residual_step_for_budget, small_scene_steps)
 from neuralgs_ns.gaussians import Gaussians
 from neuralgs_ns.models.neuralgs import PRESETS, NeuralGSModelConfig, scene_steps
 
@@ -144,6 +144,14 @@ def test_pruning_rises_only_when_the_target_leaves_too_few_bits_per_gaussian():
     assert prune_fraction_for_size(int(roomy), n, 0.4) == 0.4
     assert prune_fraction_for_size(int(0.3 * roomy), n, 0.4) == pytest.approx(0.75)  # keeps 29% (the margin)
     assert prune_fraction_for_size(10, n, 0.4) == MAX_PRUNE_FRACTION
+
+
+def test_clusters_are_added_only_while_the_widest_mlps_cannot_spend_the_target():
+    capacity = lambda k: 1000.0 * k  # noqa: E731
+    assert clusters_to_spend(int(3000 / SIZE_MARGIN), 10_000, 3, capacity) == 3
+    assert clusters_to_spend(int(4500 / SIZE_MARGIN), 10_000, 3, capacity) == 5
+    assert clusters_to_spend(10**9, 10_000, 3, capacity) == 10_000 // SPEND_CLUSTER_GAUSSIANS  # the most allowed
+    assert clusters_to_spend(10**9, 800, 3, capacity) == 3  # never fewer than it had
 
 
 def test_pruning_falls_only_while_the_kept_gaussians_cannot_spend_the_target():

@@ -219,6 +219,23 @@ def prune_fraction_to_spend(target_bytes: int, n_teacher: int, fraction: float,
     return fraction
 
 
+SPEND_CLUSTER_GAUSSIANS = 500
+"""A target more than even unpruned Gaussians' widest MLPs can use adds clusters, down to this
+many Gaussians each (`clusters_to_spend`)."""
+
+
+def clusters_to_spend(target_bytes: int, n_gaussians: int, n_clusters: int, capacity: Callable[[int], float]) -> int:
+    """The fewest clusters, from `n_clusters` up to n_gaussians // SPEND_CLUSTER_GAUSSIANS, whose
+    `capacity(k)` (`plan_capacity` with k clusters) reaches the margin-scaled target; the most
+    allowed if none does."""
+    budget = SIZE_MARGIN * target_bytes
+    most = max(n_clusters, n_gaussians // SPEND_CLUSTER_GAUSSIANS)
+    k = n_clusters
+    while k < most and capacity(k) < budget:
+        k += 1
+    return k
+
+
 def plan_capacity(n_gaussians: int, n_clusters: int, field: "FieldPlan", n_attributes: int) -> float:
     """About the most bytes `plan_for_size` can spend on `n_gaussians` in `n_clusters`: their
     positions (POSITION_BITS_ESTIMATE bits each) and MLPs at their widest (MAX_WIDTH_FACTOR

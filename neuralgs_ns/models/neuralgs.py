@@ -39,9 +39,10 @@ from neuralgs_ns.compress.importance import importance_scores, prune_mask, prune
 from neuralgs_ns.compress.losses import NeuralGSLossConfig, photometric_loss
 from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SIZE_MARGIN, SNAP_PSNR_DB, FieldPlan,
                                        capped_mlp_width, choose_position_bits, choose_prune_fraction,
-                                       choose_residual_step, default_target_bytes, mlp_bytes_per_cluster, plan_capacity,
-                                       plan_for_size, prune_fraction_for_size, prune_fraction_to_spend,
-                                       residual_step_for_budget, small_scene_steps, smallest_size, target_size_bytes)
+                                       choose_residual_step, clusters_to_spend, default_target_bytes,
+                                       mlp_bytes_per_cluster, plan_capacity, plan_for_size, prune_fraction_for_size,
+                                       prune_fraction_to_spend, residual_step_for_budget, small_scene_steps,
+                                       smallest_size, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.formats import load_teacher
 from neuralgs_ns.gaussians import SH_C0, Gaussians
@@ -361,10 +362,12 @@ class NeuralGSModel(PortableSplatfactoModel):
                 all_scores = importance_scores(teacher, views, beta=cfg.importance_beta, progress=advance)
             checked = [views[i] for i in frame_check_indices(len(views), 8)]
             fraction = self._prune_fraction(teacher, all_scores, checked)
-            uncapped = False  # with a target the MLPs cannot spend: lift the small-scene width cap
+            # With a target the MLPs cannot spend: lift the small-scene width cap, add clusters.
+            uncapped, spend_clusters = False, 1
             if target is not None:
                 fraction = prune_fraction_for_size(target, len(teacher), fraction)
-                fraction, uncapped = self._fraction_to_spend(target, len(teacher), fraction, n_attributes)
+                fraction, uncapped, spend_clusters = self._spend_large_target(target, len(teacher), fraction,
+                                                                            n_attributes)
 
         with timer.stage("Stage B: clustering"):
             while True:  # with a target size: prune more until the positions fit
@@ -373,7 +376,7 @@ class NeuralGSModel(PortableSplatfactoModel):
                 attributes = attribute_matrix(kept)
                 table = NormalizationTable.fit(attributes)
                 normalized = table.normalize(attributes)
-                k = self._cluster_count(len(kept))
+                k = max(self._cluster_count(len(kept)), spend_clusters)
                 labels = kmeans_clusters(normalized, k, seed=cfg.seed).to(device)
                 bits = cfg.position_bits
                 if bits is None:
@@ -476,25 +479,36 @@ class NeuralGSModel(PortableSplatfactoModel):
         return cluster_count(n_gaussians, cfg.preset_value("target_cluster_size", device), cfg.n_clusters,
                              cfg.preset_value("min_clusters", device))
 
-    def _fraction_to_spend(self, target: int, n_teacher: int, fraction: float, n_attributes: int
-                           ) -> Tuple[float, bool]:
-        """(the pruning fraction, lowered from `fraction` where the MLPs of the kept Gaussians
-        could not spend `target`; whether the MLPs' small-scene width cap must go too, because
-        even keeping every Gaussian leaves the target unspent). Pruning gives way first: on a
-        sparse scene it, not the MLPs, loses the decibels (docs/tuning.md, "How --target-size plans a file")."""
-        def capacity(n_kept: int, capped: bool = True) -> float:
-            k = self._cluster_count(n_kept)
+    def _spend_large_target(self, target: int, n_teacher: int, fraction: float, n_attributes: int
+                            ) -> Tuple[float, bool, int]:
+        """Where the MLPs of the Gaussians kept at `fraction` could not spend `target`, in this
+        order: (the pruning fraction, lowered from `fraction`; whether the MLPs' small-scene
+        width cap is lifted, when even keeping every Gaussian leaves the target unspent; the
+        fewest clusters, raised when even the uncapped MLPs leave it unspent, unless the
+        clusters are set or off). Pruning gives way first: on a sparse scene it, not the MLPs,
+        loses the decibels (docs/tuning.md, "How --target-size plans a file")."""
+        cfg = self.config
+
+        def capacity(n_kept: int, capped: bool = True, k: Optional[int] = None) -> float:
+            k = k or self._cluster_count(n_kept)
             return plan_capacity(n_kept, k, self._planned_field_config(n_kept, k, n_attributes, capped), n_attributes)
 
         lowered = prune_fraction_to_spend(target, n_teacher, fraction, capacity)
-        uncapped = lowered == 0 and capacity(n_teacher) < SIZE_MARGIN * target
         if lowered < fraction:
             CONSOLE.log(f"target size {target:,} B: more than the MLPs of {n_teacher - pruned_count(n_teacher, fraction):,} "
                         f"Gaussians can use; pruning {lowered:.0%} instead of {fraction:.0%}")
-        if uncapped:
-            CONSOLE.log(f"target size {target:,} B: more than the MLPs can use even without pruning; lifting "
-                        f"their width cap (max_mlp_bits_per_gaussian)")
-        return lowered, uncapped
+        uncapped = lowered == 0 and capacity(n_teacher) < SIZE_MARGIN * target
+        if not uncapped:
+            return lowered, False, 1
+        CONSOLE.log(f"target size {target:,} B: more than the MLPs can use even without pruning; lifting "
+                    f"their width cap (max_mlp_bits_per_gaussian)")
+        k = self._cluster_count(n_teacher)
+        if cfg.clustering and cfg.n_clusters is None:
+            more = clusters_to_spend(target, n_teacher, k, lambda k: capacity(n_teacher, False, k))
+            if more > k:
+                CONSOLE.log(f"target size {target:,} B: {more} clusters instead of {k}, to spend it")
+                k = more
+        return lowered, True, k
 
     def _planned_field_config(self, n_gaussians: int, n_clusters: int, n_attributes: int, capped: bool = True
                               ) -> FieldPlan:
