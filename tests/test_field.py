@@ -14,6 +14,7 @@ import torch
 
 from neuralgs_ns.compress.field import (
     ClusteredMLPField,
+    HIDDEN_WIDTH_ALIGN,
     FieldConfig,
     _importance_sampler,
     cluster_bounds,
@@ -178,6 +179,35 @@ def test_int8_weights_are_what_decodes_once_active():
             reference[name] = value
         full.load_state_dict(reference)
         assert torch.equal(int8.decode(positions, labels), full.decode(positions, labels))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_a_width_off_the_alignment_decodes_and_trains_as_if_unpadded(precision):
+    """Hidden layers run zero-padded to HIDDEN_WIDTH_ALIGN units: outputs and every gradient
+    must be those of the stored width, checked against the per-cluster reference (given the
+    float16-rounded weights, since rounding passes gradients straight through)."""
+    width = 13
+    assert width % HIDDEN_WIDTH_ALIGN
+    config = dataclasses.replace(SMALL, width=width, depth=4, weight_precision=precision)
+    positions, labels, _ = smooth_scene(1500, 3, points_seed=1)
+    field = randomized(ClusteredMLPField.from_points(config, positions, labels, D))
+    assert [tuple(w.shape[1:]) for w in field.weights] == [(27, 13), (13, 13), (13, 13), (13, D)]
+    reference = ClusteredMLPField.from_points(dataclasses.replace(config, weight_precision="float32"), positions,
+                                              labels, D)
+    with torch.no_grad():
+        for mine, theirs in zip(field.parameters(), reference.parameters()):
+            theirs.copy_(mine.half().float() if precision == "float16" else mine)
+    upstream = torch.randn(len(positions), D, generator=torch.Generator().manual_seed(0))
+    results = []
+    for module, decode in ((field, lambda: field.decode(positions, labels)),
+                           (reference, lambda: reference_decode(reference, positions, labels))):
+        out = decode()
+        (out * upstream).sum().backward()
+        results.append((out.detach(), [p.grad for p in module.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=5e-6, rtol=0)  # float32 rounding, 4 layers
+    for got, expected in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert results[1][0].abs().mean() > 0.1
 
 
 def test_decode_is_differentiable_in_weights():
