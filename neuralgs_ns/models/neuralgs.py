@@ -331,7 +331,7 @@ class NeuralGSModel(PortableSplatfactoModel):
         # The default size rule's target (`_default_target_bytes`), set in stage A; None with a
         # user's target size, the paper preset or a resumed run.
         self.default_target: Optional[int] = None
-        self.n_pruned: Optional[int] = None  # by stage A; None on a resumed run
+        self.n_pruned: Optional[int] = None  # Gaussians stage A removed; None on a resumed run
 
     # --- stages A-C ----------------------------------------------------------------------
 
@@ -495,8 +495,9 @@ class NeuralGSModel(PortableSplatfactoModel):
 
         lowered = prune_fraction_to_spend(target, n_teacher, fraction, capacity)
         if lowered < fraction:
-            CONSOLE.log(f"target size {target:,} B: more than the MLPs of {n_teacher - pruned_count(n_teacher, fraction):,} "
-                        f"Gaussians can use; pruning {lowered:.0%} instead of {fraction:.0%}")
+            n_kept = n_teacher - pruned_count(n_teacher, fraction)
+            CONSOLE.log(f"target size {target:,} B: more than the MLPs of {n_kept:,} Gaussians can use; pruning "
+                        f"{lowered:.0%} instead of {fraction:.0%}")
         uncapped = lowered == 0 and capacity(n_teacher) < SIZE_MARGIN * target
         if not uncapped:
             return lowered, False, 1
@@ -822,9 +823,10 @@ class NeuralGSModel(PortableSplatfactoModel):
             # The plan caps the MLPs' width and the corrections' step: a small scene at a large
             # target runs out of uses even when every Gaussian is kept.
             advice = ("prune less to spend more (--prune-fraction; --pipeline.model.prune-fraction in ns-train)"
-                      if self.n_pruned else "no Gaussian was pruned and the MLPs are at their widest")
+                      if self.n_pruned != 0 else "no Gaussian was pruned and the MLPs are at their widest")
             CONSOLE.log(f"[bold yellow]target size {target:,} B: the file takes only {size:,} B "
-                        f"({size / target:.0%}), all the plan could use for {len(self.positions):,} Gaussians; {advice}")
+                        f"({size / target:.0%}), all the plan could use for {len(self.positions):,} Gaussians; "
+                        f"{advice}")
 
     def _guard_step(self, optimizers, step: int) -> None:
         """After an optimiser step: feeds its loss to the guard, and when the guard says so
