@@ -8,16 +8,22 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Tuple
 
 import tyro
 
-from neuralgs_ns.bench import DEFAULT_METHODS
-from neuralgs_ns.compress.pipeline_run import TeacherViews
-from neuralgs_ns.demo import DemoBudget
-from neuralgs_ns.errors import NeuralGSError
+# nerfstudio 1.1.5 decorates functions with torch.jit.script, which torch deprecates with a
+# FutureWarning when nerfstudio is imported: two lines of noise on every command (and before
+# every one-line error) that the user can do nothing about.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from neuralgs_ns.bench import DEFAULT_METHODS  # noqa: E402 (after the filter)
+from neuralgs_ns.compress.pipeline_run import TeacherViews  # noqa: E402 (after the filter)
+from neuralgs_ns.demo import DemoBudget  # noqa: E402 (after the filter)
+from neuralgs_ns.errors import NeuralGSError  # noqa: E402 (after the filter)
 
 
 @dataclass

@@ -312,6 +312,18 @@ def test_a_model_option_no_stage_could_use_is_refused_as_the_config_is_built(opt
         config.check()
 
 
+def test_the_installed_command_prints_an_error_as_its_only_stderr_line(tmp_path):
+    """In a fresh interpreter, as a user runs it: no import-time warnings ahead of the error."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "neuralgs_ns.cli", "compress", str(tmp_path / "missing.ply"),
+                           "--output", str(tmp_path / "s.ngs"), "--prune-fraction", "1.5"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and not (tmp_path / "s.ngs").exists()
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("neuralgs: error: prune-fraction"), done.stderr
+
+
 def test_a_prune_fraction_outside_zero_to_one_is_one_line(trained_run, tmp_path, capsys):  # noqa: F811
     code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "s.ngs"),
                          "--prune-fraction", "1.5", "--run-dir", str(tmp_path / "runs"), "--device", "cpu"])
