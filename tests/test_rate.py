@@ -18,7 +18,7 @@ from neuralgs_ns.compress.rate import (ATTRIBUTE_BITS_FLOOR, MAX_PRUNE_FRACTION,
                                        choose_prune_fraction, clusters_to_spend, corrections_to_drop,
                                        default_target_bytes, mlp_bytes_per_cluster, parse_size, plan_capacity,
                                        plan_for_size, prune_fraction_for_size, prune_fraction_to_spend,
-                                       residual_bytes, residual_step_for_budget, small_scene_steps)
+                                       residual_bytes, residual_step_for_budget, steps_for_scene)
 from neuralgs_ns.gaussians import Gaussians
 from neuralgs_ns.models.neuralgs import PRESETS, NeuralGSModelConfig, scene_steps
 
@@ -102,24 +102,32 @@ def test_the_width_cap_keeps_the_widest_mlp_within_the_budget():
     assert capped_mlp_width(128, 300, 12, math.inf, 10, 5, 56, "int8") == 128  # no cap: as given
 
 
-def test_small_scenes_get_up_to_three_times_the_steps():
-    assert small_scene_steps(1500, 118_363, 3) == 1500
-    assert small_scene_steps(1500, 90_000, 3) == 1500
-    assert small_scene_steps(1500, 60_000, 3) == 2250  # in proportion below 90k
-    assert small_scene_steps(1500, 45_000, 3) == 3000
-    assert small_scene_steps(1500, 30_000, 3) == small_scene_steps(1500, 25_673, 3) == small_scene_steps(1500, 100, 3) == 4500
-    assert small_scene_steps(1500, 100, 1) == 1500  # a factor of 1: the preset's steps
+def test_steps_scale_inversely_with_the_gaussians_kept_within_the_factors():
+    assert steps_for_scene(1500, 90_000, 3, 0.2) == 1500
+    assert steps_for_scene(1500, 60_000, 3, 0.2) == 2250  # in proportion below 90k
+    assert steps_for_scene(1500, 45_000, 3, 0.2) == 3000
+    assert steps_for_scene(1500, 30_000, 3, 0.2) == steps_for_scene(1500, 25_673, 3) == 4500
+    assert steps_for_scene(1500, 100, 3, 0.2) == 4500  # at most 3x
+    assert steps_for_scene(1500, 180_000, 3, 0.2) == 750  # in proportion above 90k
+    assert steps_for_scene(1500, 600_000, 3, 0.2) == steps_for_scene(1500, 450_000, 3, 0.2) == 300  # at least 0.2x
+    assert steps_for_scene(1500, 600_000, 3) == 1500  # no lower factor: never fewer than the preset's
+    assert steps_for_scene(1500, 100, 1, 1) == steps_for_scene(1500, 10**7, 1, 1) == 1500  # factors of 1
+    assert steps_for_scene(3, 10**9, 3, 0.2) == 1  # never none
 
 
 def test_scene_steps_scale_both_stages_with_the_cpu_preset_only():
     cpu = NeuralGSModelConfig(preset="cpu")
     for stage in ("fit_iterations", "fine_tune_iterations"):
         base = PRESETS["cpu"][stage]
-        assert scene_steps(cpu, stage, "cpu", 200_000) == base
+        assert scene_steps(cpu, stage, "cpu", 90_000) == base
         assert scene_steps(cpu, stage, "cpu", 17_416) == 3 * base
-        assert scene_steps(NeuralGSModelConfig(preset="neuralgs"), stage, "cpu", 17_416) == PRESETS["neuralgs"][stage]
-        assert scene_steps(NeuralGSModelConfig(preset="auto"), stage, "cuda", 17_416) == PRESETS["neuralgs"][stage]
+        assert scene_steps(cpu, stage, "cpu", 600_000) == base // 5  # a 1M-Gaussian scene, 40% pruned
+        paper = PRESETS["neuralgs"][stage]
+        for kept in (17_416, 600_000):
+            assert scene_steps(NeuralGSModelConfig(preset="neuralgs"), stage, "cpu", kept) == paper
+            assert scene_steps(NeuralGSModelConfig(preset="auto"), stage, "cuda", kept) == paper
     assert scene_steps(NeuralGSModelConfig(preset="cpu", fit_iterations=200), "fit_iterations", "cpu", 100) == 200
+    assert scene_steps(NeuralGSModelConfig(preset="cpu", fit_iterations=200), "fit_iterations", "cpu", 10**6) == 200
 
 
 # --- target sizes ----------------------------------------------------------------------------

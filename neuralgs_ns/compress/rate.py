@@ -8,7 +8,8 @@ large ones (lego-200 gets the same grid, width and steps as with fixed settings)
 
 - the position grid is the coarsest whose snapping the teacher's own renders barely notice;
 - the MLP width is capped so the MLPs stay under a bit budget per Gaussian;
-- small scenes, whose fine-tune steps are cheap, get more of them (`neuralgs compress`).
+- stages C and D get steps in inverse proportion to the Gaussians kept, within the preset's
+  bounds: small scenes, whose steps are cheap, get more; very large ones fewer (`neuralgs compress`).
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ threshold, choosing 13 and 11 bits. Trained models moved to those grids lost 0.0
 13 bits, against 16) and 0.078 dB (50k .ply, 11 bits, against 13)."""
 MLP_WIDTH_STEP = 8
 MIN_MLP_WIDTH = 16
-SMALL_SCENE_GAUSSIANS = 90_000
-"""Scenes compressed to fewer Gaussians get proportionally more fitting (stage C) and
-fine-tune (stage D) steps, up to the preset's `small_scene_factor` times its own (3 for the cpu
-preset, 1 for the paper's): their steps are cheap (a step's cost grows with the Gaussians
-drawn) and small scenes still gain from steps where large ones have stopped
-(docs/tuning.md#per-scene-choices)."""
+STEPS_REFERENCE_GAUSSIANS = 90_000
+"""A scene compressed to n Gaussians gets the preset's fitting (stage C) and fine-tune (stage
+D) steps times STEPS_REFERENCE_GAUSSIANS / n, bounded by the preset's `small_scene_factor`
+(3 for the cpu preset, 1 for the paper's) and `large_scene_factor` (0.2 and 1): a step costs
+about in proportion to the Gaussians drawn, so between the bounds stage D's work stays about
+constant. Small scenes still gain from steps where large ones have stopped
+(docs/tuning.md#per-scene-choices); very large ones lose little at a fifth of the steps and
+would otherwise take hours on a CPU (docs/results/scale.md)."""
 
 
 @torch.no_grad()
@@ -120,11 +123,12 @@ def capped_mlp_width(width: int, n_gaussians: int, n_clusters: int, max_bits_per
     return candidate
 
 
-def small_scene_steps(base_steps: int, n_gaussians: int, max_factor: float) -> int:
-    """Stage C or D steps for a scene compressed to `n_gaussians`: `base_steps`, raised in
-    proportion for scenes under SMALL_SCENE_GAUSSIANS, at most `max_factor` times."""
-    scaled = round(base_steps * SMALL_SCENE_GAUSSIANS / max(1, n_gaussians))
-    return max(base_steps, min(round(max_factor * base_steps), scaled))
+def steps_for_scene(base_steps: int, n_gaussians: int, max_factor: float, min_factor: float = 1.0) -> int:
+    """Stage C or D steps for a scene compressed to `n_gaussians`: `base_steps` times
+    STEPS_REFERENCE_GAUSSIANS / n_gaussians, between `min_factor` and `max_factor` times
+    `base_steps`."""
+    factor = min(max_factor, max(min_factor, STEPS_REFERENCE_GAUSSIANS / max(1, n_gaussians)))
+    return max(1, round(base_steps * factor))
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,

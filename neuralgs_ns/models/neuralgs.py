@@ -41,8 +41,8 @@ from neuralgs_ns.compress.rate import (MAX_PRUNE_FRACTION, MIN_MLP_WIDTH, SIZE_M
                                        capped_mlp_width, choose_position_bits, choose_prune_fraction,
                                        choose_residual_step, clusters_to_spend, default_target_bytes,
                                        mlp_bytes_per_cluster, plan_capacity, plan_for_size, prune_fraction_for_size,
-                                       prune_fraction_to_spend, residual_step_for_budget, small_scene_steps,
-                                       smallest_size, target_size_bytes)
+                                       prune_fraction_to_spend, residual_step_for_budget, smallest_size,
+                                       steps_for_scene, target_size_bytes)
 from neuralgs_ns.errors import NeuralGSError
 from neuralgs_ns.formats import load_teacher
 from neuralgs_ns.gaussians import SH_C0, Gaussians
@@ -67,7 +67,7 @@ PRESETS: Dict[str, Dict[str, float]] = {
                      min_clusters=1, fit_iterations=60000, fit_batch_per_cluster=8192, fine_tune_iterations=25000,
                      max_mlp_bits_per_gaussian=math.inf, residual_attributes=(), residual_step=None,
                      size_rule=False, prune_psnr_db=0.0, average_fraction=0.0, fine_tune_lr_final=1e-4,
-                     small_scene_factor=1),
+                     small_scene_factor=1, large_scene_factor=1),
     # Sized for a 2-core CPU. A stage D step evaluates one MLP per Gaussian, so capacity comes
     # from more clusters (5k Gaussians each, and at least 12 of at least 2.5k on small scenes)
     # of smaller MLPs (4 layers of 64) rather than from wider ones: on lego-200, 24 clusters
@@ -75,7 +75,8 @@ PRESETS: Dict[str, Dict[str, float]] = {
     # step; on a 50k-Gaussian .ply, 12 clusters reached 30.3 dB where 6 reached 28.3 dB (after
     # 1500 steps with the fine-tune guard: 30.91 and 29.23 dB). Scenes small after pruning get
     # up to 3x the 1500 fit and fine-tune steps (`scene_steps`), which the final
-    # rate of 3e-4 and the averaging of the last 10% turn into quality (docs/tuning.md).
+    # rate of 3e-4 and the averaging of the last 10% turn into quality (docs/tuning.md);
+    # scenes above 90k kept get fewer, down to a fifth past 450k (docs/results/scale.md).
     # Mini-batches of 1024 Gaussians per cluster while fitting. On small scenes the
     # MLPs would dominate the file (49 bits per Gaussian on a 30k-Gaussian scene), so their
     # width is capped at 36 bits per Gaussian (`compress.rate`): the 50k .ply gets 4 x 48 MLPs,
@@ -83,7 +84,8 @@ PRESETS: Dict[str, Dict[str, float]] = {
     "cpu": dict(field_frequencies=6, field_width=64, field_depth=4, target_cluster_size=5000, min_clusters=12,
                 fit_iterations=1500, fit_batch_per_cluster=1024, fine_tune_iterations=1500,
                 max_mlp_bits_per_gaussian=36, residual_attributes=(), residual_step=None, size_rule=True,
-                prune_psnr_db=0.0, average_fraction=0.1, fine_tune_lr_final=3e-4, small_scene_factor=3),
+                prune_psnr_db=0.0, average_fraction=0.1, fine_tune_lr_final=3e-4, small_scene_factor=3,
+                large_scene_factor=0.2),
 }
 
 
@@ -97,13 +99,14 @@ def resolve_preset(name: PresetName, device: str) -> str:
 def scene_steps(config: "NeuralGSModelConfig", name: Literal["fit_iterations", "fine_tune_iterations"],
                 device: str, n_gaussians: int) -> int:
     """Stage C ('fit_iterations') or stage D ('fine_tune_iterations') steps for a scene of
-    `n_gaussians` kept Gaussians: the value set in `config`, else the preset's, raised for small
-    scenes up to the preset's `small_scene_factor` (`compress.rate.small_scene_steps`)."""
+    `n_gaussians` kept Gaussians: the value set in `config`, else the preset's, scaled for the
+    scene's size within the preset's `small_scene_factor` and `large_scene_factor`
+    (`compress.rate.steps_for_scene`)."""
     value = getattr(config, name, None)
     if value is not None:
         return value
     preset = PRESETS[resolve_preset(config.preset, device)]
-    return small_scene_steps(preset[name], n_gaussians, preset["small_scene_factor"])
+    return steps_for_scene(preset[name], n_gaussians, preset["small_scene_factor"], preset["large_scene_factor"])
 
 
 def _snapped_in_storage_order(means: Tensor, labels: Tensor, bits: int):
