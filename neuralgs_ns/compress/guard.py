@@ -45,7 +45,8 @@ class FineTuneGuard:
     settle_limit: float = 1.0
     """Restart when the median loss ratio is above this at the end of the window."""
     window: int = 100
-    """Steps after each (re)start during which the guard watches."""
+    """Steps after each (re)start during which the guard watches (`fit_to` shortens it for a
+    short stage D)."""
     max_restarts: int = 2
     """Restarts at most (learning rate divided by at most 1/backoff^max_restarts)."""
     backoff: float = 0.1
@@ -63,6 +64,12 @@ class FineTuneGuard:
         self.view_losses = self.view_losses.detach().float().cpu()
         if self.view_losses.dim() != 1 or not bool(torch.all(self.view_losses > 0)):
             raise ValueError("the guard needs a positive stage C loss for every training view")
+
+    def fit_to(self, total_steps: int, share: float = 0.1, min_window: int = 20) -> None:
+        """Shortens the window to `share` of stage D's `total_steps` (at least `min_window`):
+        a restart throws away the window's steps, which on a short run (a large scene gets 300)
+        would be a third of them."""
+        self.window = min(self.window, max(min_window, int(total_steps * share)))
 
     @property
     def watching(self) -> bool:

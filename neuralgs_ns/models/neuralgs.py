@@ -752,6 +752,8 @@ class NeuralGSModel(PortableSplatfactoModel):
 
         trainer = training_callback_attributes.trainer
         total = trainer.config.max_num_iterations if trainer is not None else 0
+        if self.guard is not None and total > 0:
+            self.guard.fit_to(total)
 
         def select_precision(step: int) -> None:
             # The last step always runs at the stored precision: what the checkpoint holds and
