@@ -87,8 +87,8 @@ class Compress:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto is CUDA when present."""
     fine_tune_iterations: Optional[int] = None
-    """Stage D steps (default: the preset's; with the cpu preset up to three times that for
-    scenes under 90k Gaussians after pruning)."""
+    """Stage D steps (default: the preset's; with the cpu preset scaled by 90k over the Gaussians
+    kept after pruning, from 3 times the preset's to a fifth)."""
     fit_iterations: Optional[int] = None
     """Stage C steps (default: as for stage D)."""
     run_dir: Path = Path("neuralgs-runs")

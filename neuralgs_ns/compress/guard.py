@@ -17,7 +17,8 @@ optimiser's moments and scales the learning rate by `backoff`) when
 - at the window's last step the median is still above `settle_limit`: the run has not got
   below the fit it started from. Adam's first steps raise the loss for a while on every scene
   (lego-200, whose fit is far from the images and needs the large steps, by 11% over its
-  first 15 steps); what separates the scenes is whether it comes back down.
+  first 15 steps); what separates the scenes is whether it comes back down. A short stage D
+  skips this test (`fit_to`).
 
 A median, not a mean: one view far above its reference (a view whose stage C loss is tiny,
 or one that sees a flaw no other view sees) is no sign the steps are too large, while a moving
@@ -45,12 +46,13 @@ class FineTuneGuard:
     settle_limit: float = 1.0
     """Restart when the median loss ratio is above this at the end of the window."""
     window: int = 100
-    """Steps after each (re)start during which the guard watches (`fit_to` shortens it for a
-    short stage D)."""
+    """Steps after each (re)start during which the guard watches."""
     max_restarts: int = 2
     """Restarts at most (learning rate divided by at most 1/backoff^max_restarts)."""
     backoff: float = 0.1
     """Learning-rate factor of each restart."""
+    settle_min_steps: int = 1000
+    """A stage D shorter than this keeps only the blow-up test (`fit_to`)."""
     span: int = 10
     """Steps whose ratios the median takes; fewer than span/2 outlying views among them
     change nothing."""
@@ -65,11 +67,14 @@ class FineTuneGuard:
         if self.view_losses.dim() != 1 or not bool(torch.all(self.view_losses > 0)):
             raise ValueError("the guard needs a positive stage C loss for every training view")
 
-    def fit_to(self, total_steps: int, share: float = 0.1, min_window: int = 20) -> None:
-        """Shortens the window to `share` of stage D's `total_steps` (at least `min_window`):
-        a restart throws away the window's steps, which on a short run (a large scene gets 300)
-        would be a third of them."""
-        self.window = min(self.window, max(min_window, int(total_steps * share)))
+    def fit_to(self, total_steps: int) -> None:
+        """Adapts the guard to a stage D of `total_steps`: one shorter than `settle_min_steps`
+        (large scenes get 300) keeps only the blow-up test. Its schedule lowers the rate within
+        the run, and a loss that needs that to come under the stage C fit is no sign of a rate
+        too large: on a grown 150k scene the settle test's restarts (at step 30 or 100) cost every
+        seed (docs/results/scale.md)."""
+        if total_steps < self.settle_min_steps:
+            self.settle_limit = math.inf
 
     @property
     def watching(self) -> bool:

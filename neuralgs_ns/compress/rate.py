@@ -40,8 +40,8 @@ D) steps times STEPS_REFERENCE_GAUSSIANS / n, bounded by the preset's `small_sce
 (3 for the cpu preset, 1 for the paper's) and `large_scene_factor` (0.2 and 1): a step costs
 about in proportion to the Gaussians drawn, so between the bounds stage D's work stays about
 constant. Small scenes still gain from steps where large ones have stopped
-(docs/tuning.md#per-scene-choices); very large ones lose little at a fifth of the steps and
-would otherwise take hours on a CPU (docs/results/scale.md)."""
+(docs/tuning.md#per-scene-choices); very large ones, which would otherwise take hours on a
+CPU, stay far above a 50x file's quality bar at a fifth of the steps (docs/results/scale.md)."""
 
 
 @torch.no_grad()

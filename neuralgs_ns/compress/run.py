@@ -47,9 +47,9 @@ class CompressReport:
     config_path: Path
     """The nerfstudio run's config.yml (for ns-viewer, ns-eval, ns-export)."""
     fit_iterations: int
-    """Stage C steps run (the preset's, or more for a small scene, unless set)."""
+    """Stage C steps run (the preset's, scaled for the scene's size, unless set)."""
     fine_tune_iterations: int
-    """Stage D steps run (the preset's, or more for a small scene, unless set)."""
+    """Stage D steps run (the preset's, scaled for the scene's size, unless set)."""
     metrics: Dict[str, float] = field(default_factory=dict)
     """Every averaged metric nerfstudio reported on the held-out views."""
 
@@ -179,7 +179,7 @@ def compress(teacher: Path, output: Path, data: Optional[Path] = None, preset: s
         preset: 'neuralgs', 'cpu' or 'auto' (by device).
         device: 'auto', 'cpu' or 'cuda'.
         fine_tune_iterations, fit_iterations: stage D and stage C steps (None: the preset's;
-            small scenes get more of both with the cpu preset, `models.neuralgs.scene_steps`).
+            the cpu preset scales both for the scene's size, `models.neuralgs.scene_steps`).
         run_dir: where nerfstudio keeps the run (config.yml, checkpoint, logs).
         views: virtual cameras when there is no `data`.
         experiment_name: the run's experiment name (default: the teacher's name).
