@@ -69,7 +69,10 @@ def test_a_short_stage_d_keeps_only_the_blowup_test():
     guard.fit_to(300)
     assert feed(guard, [0.9] * 20 + [3.0] * 20) != []  # a blow-up still restarts
     guard = FineTuneGuard(VIEW_LOSSES)
-    guard.fit_to(1500)
+    guard.fit_to(1500)  # the 150k scene's default
+    assert feed(guard, [1.3] * 300) == []
+    guard = FineTuneGuard(VIEW_LOSSES)
+    guard.fit_to(4500)
     assert feed(guard, [1.3] * 300) == [99, 199]  # a long one keeps both
 
 
@@ -139,5 +142,5 @@ def test_a_learning_rate_far_too_large_restarts_from_the_stage_c_fit(trained_run
 def test_the_model_fits_the_guard_to_stage_d(trained_run, tmp_path):  # noqa: F811
     # The run above restarts on the settle test; with the default settle_min_steps the model
     # tells the guard its 40 steps are a short stage D, and the same run never restarts.
-    _, ratios = _fine_tune(trained_run, tmp_path / "short", lr=0.3, guard=True, settle_min_steps=1000)
+    _, ratios = _fine_tune(trained_run, tmp_path / "short", lr=0.3, guard=True, settle_min_steps=2000)
     assert len(ratios) >= 15 and not any(restarted for _, restarted in ratios)

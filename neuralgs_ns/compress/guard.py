@@ -51,7 +51,7 @@ class FineTuneGuard:
     """Restarts at most (learning rate divided by at most 1/backoff^max_restarts)."""
     backoff: float = 0.1
     """Learning-rate factor of each restart."""
-    settle_min_steps: int = 1000
+    settle_min_steps: int = 2000
     """A stage D shorter than this keeps only the blow-up test (`fit_to`)."""
     span: int = 10
     """Steps whose ratios the median takes; fewer than span/2 outlying views among them
@@ -69,10 +69,11 @@ class FineTuneGuard:
 
     def fit_to(self, total_steps: int) -> None:
         """Adapts the guard to a stage D of `total_steps`: one shorter than `settle_min_steps`
-        (large scenes get 300) keeps only the blow-up test. Its schedule lowers the rate within
-        the run, and a loss that needs that to come under the stage C fit is no sign of a rate
-        too large: on a grown 150k scene the settle test's restarts (at step 30 or 100) cost every
-        seed (docs/results/scale.md)."""
+        (scenes above 67.5k kept Gaussians get fewer than 2000) keeps only the blow-up test. Its
+        schedule lowers the rate within the run, and a loss that needs that to come under the
+        stage C fit is no sign of a rate too large: on a grown 150k scene the settle test's
+        restarts cost its 300-step runs (every seed) and its default 1500-step run
+        (docs/results/scale.md)."""
         if total_steps < self.settle_min_steps:
             self.settle_limit = math.inf
 
