@@ -189,6 +189,14 @@ class SplatViewer:
         self.viewer._trigger_rerender()
 
     def stop(self) -> None:
+        """Ends the render threads, then the server. A render thread left running would render
+        while the interpreter shuts down and abort it ("terminate called without an active
+        exception"): the server's stop does not end them, as no disconnect arrives after it."""
+        machines = list(self.viewer.render_statemachines.values())
+        for machine in machines:
+            machine.running = False
+        for machine in machines:
+            machine.join()
         self.server.stop()
         self._log_dir.cleanup()
 

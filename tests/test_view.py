@@ -140,8 +140,11 @@ def test_the_viewer_shows_the_scene_in_a_real_browser(chromium, tmp_path):
         client = next(iter(viewer.server.get_clients().values()))
         state = viewer.viewer.get_camera_state(client)
         background = torch.tensor(viewer.viewer.control_panel.background_color) / 255
+        render_threads = list(viewer.viewer.render_statemachines.values())
     finally:
         viewer.stop()
+    # A render thread outliving the viewer aborts the interpreter at exit.
+    assert render_threads and not any(thread.is_alive() for thread in render_threads)
 
     # The render fills the canvas left of the control panel: the client's camera aspect says how wide.
     canvas = chromium.evaluate("JSON.stringify(document.querySelector('canvas').getBoundingClientRect())")
