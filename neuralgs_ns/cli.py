@@ -15,10 +15,15 @@ from typing import Literal, Optional, Tuple
 
 import tyro
 
-# nerfstudio 1.1.5 decorates functions with torch.jit.script, which torch deprecates with a
-# FutureWarning when nerfstudio is imported: two lines of noise on every command (and before
-# every one-line error) that the user can do nothing about.
+# nerfstudio 1.1.5 meets today's torch with warnings the user can do nothing about: torch.jit.script
+# is deprecated (two lines on every command, and before every one-line error, as nerfstudio is
+# imported), and each training run's trainer makes a torch.cuda.amp.GradScaler (deprecated) and
+# logs its losses with float() on tensors that require grad.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+                        category=FutureWarning, module=r"nerfstudio\.engine\.trainer")
+warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar",
+                        category=UserWarning, module=r"nerfstudio\.utils\.writer")
 
 from neuralgs_ns.bench import DEFAULT_METHODS  # noqa: E402 (after the filter)
 from neuralgs_ns.compress.pipeline_run import TeacherViews  # noqa: E402 (after the filter)

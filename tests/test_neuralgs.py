@@ -324,6 +324,26 @@ def test_the_installed_command_prints_an_error_as_its_only_stderr_line(tmp_path)
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("neuralgs: error: prune-fraction"), done.stderr
 
 
+def test_the_installed_command_compresses_without_third_party_warnings(tmp_path):
+    """A whole compress in a fresh interpreter, as a user runs it: nerfstudio's trainer warns
+    on today's torch (GradScaler, float() of a loss that requires grad); stderr stays clean."""
+    import subprocess
+    import sys
+
+    from test_bench import random_teacher
+
+    from neuralgs_ns.formats import write_ply
+
+    write_ply(random_teacher(n=300), tmp_path / "t.ply")
+    done = subprocess.run([sys.executable, "-m", "neuralgs_ns.cli", "compress", str(tmp_path / "t.ply"),
+                           "--output", str(tmp_path / "s.ngs"), "--fit-iterations", "5", "--fine-tune-iterations", "3",
+                           "--views.n-train", "4", "--views.n-val", "2", "--views.resolution", "32",
+                           "--run-dir", str(tmp_path / "runs"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and (tmp_path / "s.ngs").exists(), done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+
+
 def test_a_prune_fraction_outside_zero_to_one_is_one_line(trained_run, tmp_path, capsys):  # noqa: F811
     code = neuralgs_cli(["compress", str(trained_run["checkpoint"]), "--output", str(tmp_path / "s.ngs"),
                          "--prune-fraction", "1.5", "--run-dir", str(tmp_path / "runs"), "--device", "cpu"])
