@@ -41,7 +41,8 @@ class Demo:
     """Folder for the scene, the nerfstudio runs, demo.ngs and demo.png; reused by later runs
     (the scene is rewritten, runs get new timestamps)."""
     teacher_steps: int = DemoBudget.teacher_steps
-    """splatfacto-portable training steps of the teacher."""
+    """splatfacto-portable training steps of the teacher (more: a sharper teacher with more
+    Gaussians, and a slower compression)."""
     fit_iterations: Optional[int] = DemoBudget.fit_iterations
     """NeuralGS stage C steps (MLP fitting; default: as `neuralgs compress` chooses)."""
     fine_tune_iterations: Optional[int] = DemoBudget.fine_tune_iterations

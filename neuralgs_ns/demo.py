@@ -44,14 +44,16 @@ class DemoBudget:
     """Sizes and step counts of a demo run, small enough for minutes on a 2-core CPU (the
     README's quick start has a measured run)."""
 
-    teacher_steps: int = 3000
-    """splatfacto-portable training steps of the teacher."""
+    teacher_steps: int = 1000
+    """splatfacto-portable training steps of the teacher. Few, so that the whole demo takes
+    minutes: stage D's step costs about in proportion to the Gaussians the teacher grows (the
+    measurements are in docs/results/scale.md)."""
     fit_iterations: Optional[int] = None
     """NeuralGS stage C steps (MLP fitting); None: as `neuralgs compress` chooses (4500 for
-    the demo scene's 17k kept Gaussians)."""
+    a scene this small)."""
     fine_tune_iterations: Optional[int] = None
     """NeuralGS stage D steps (fine-tuning through the rasteriser); None: as `neuralgs
-    compress` chooses (4500 for the demo scene)."""
+    compress` chooses (4500 for a scene this small)."""
     n_train: int = 40
     """Training views of the procedural scene."""
     n_val: int = 10
