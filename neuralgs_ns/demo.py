@@ -46,8 +46,8 @@ class DemoBudget:
 
     teacher_steps: int = 1000
     """splatfacto-portable training steps of the teacher. Few, so that the whole demo takes
-    minutes: stage D's step costs about in proportion to the Gaussians the teacher grows (the
-    measurements are in docs/results/scale.md)."""
+    minutes: a longer run grows more Gaussians, and each makes every compression step dearer
+    (the measurements are in docs/results/scale.md)."""
     fit_iterations: Optional[int] = None
     """NeuralGS stage C steps (MLP fitting); None: as `neuralgs compress` chooses (4500 for
     a scene this small)."""
