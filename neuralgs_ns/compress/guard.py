@@ -69,11 +69,10 @@ class FineTuneGuard:
 
     def fit_to(self, total_steps: int) -> None:
         """Adapts the guard to a stage D of `total_steps`: one shorter than `settle_min_steps`
-        (scenes above 67.5k kept Gaussians get fewer than 2000) keeps only the blow-up test. Its
+        (the cpu preset's large scenes, `rate.steps_for_scene`) keeps only the blow-up test. Its
         schedule lowers the rate within the run, and a loss that needs that to come under the
-        stage C fit is no sign of a rate too large: on a grown 150k scene the settle test's
-        restarts cost its 300-step runs (every seed) and its default 1500-step run
-        (docs/results/scale.md)."""
+        stage C fit is no sign of a rate too large (the measurements are in
+        docs/results/scale.md)."""
         if total_steps < self.settle_min_steps:
             self.settle_limit = math.inf
 
